@@ -1,0 +1,629 @@
+/* dp_daemon.c - command line, configuration generations, hook, workers and signals. */
+#include "dp_daemon.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+
+#define ERRLEN 4096
+/* How often the main thread checks whether a retired hook's calls have drained. */
+#define RETIRE_POLL_MS 100
+
+/* ---- the shared configuration table ---- */
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+
+static int check_listen(const void *value, char *err, size_t errlen)
+{
+    const dp_strlist *l = value;
+    if (l->n == 0) {
+        snprintf(err, errlen, "at least one address is needed");
+        return -1;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        if (dp_parse_hostport(l->v[i], &ss, &len) != 0) {
+            snprintf(err, errlen, "\"%s\" is not ip:port, [ipv6]:port or *:port", l->v[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int check_cidrs(const void *value, char *err, size_t errlen)
+{
+    const dp_strlist *l = value;
+    for (size_t i = 0; i < l->n; i++) {
+        dp_cidr c;
+        if (dp_cidr_parse(l->v[i], &c) != 0) {
+            snprintf(err, errlen, "\"%s\" is not an address or CIDR (e.g. 10.0.0.0/8)", l->v[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+#define OFF(field) offsetof(dp_daemon_conf, field)
+#define R DP_CONF_RELOADABLE
+static const dp_conf_entry common_entries[] = {
+    {"log_level", DP_CONF_ENUM, OFF(log_level), "info", 0, 0, R, log_levels, NULL,
+     "error, warn, info or debug"},
+    {"workers", DP_CONF_INT, OFF(workers), "0", 0, 256, 0, NULL, NULL,
+     "worker threads (event loops); 0 = one per CPU"},
+    {"listen", DP_CONF_STRLIST, OFF(listen), NULL, 0, 64, DP_CONF_REQUIRED, NULL, check_listen,
+     "addresses to accept on: \"ip:port\", \"[ipv6]:port\", \"*:port\""},
+    {"backlog", DP_CONF_INT, OFF(backlog), "1024", 16, 65535, 0, NULL, NULL, "listen(2) backlog"},
+    {"shutdown_timeout_ms", DP_CONF_INT, OFF(shutdown_timeout_ms), "10000", 100, 3600000, R, NULL,
+     NULL, "graceful stop deadline"},
+    {"tcp_keepalive_s", DP_CONF_INT, OFF(tcp_keepalive_s), "60", 0, 7200, R, NULL, NULL,
+     "TCP keepalive idle time on client and backend sockets; 0 = off"},
+    {"proxy_protocol.enabled", DP_CONF_BOOL, OFF(proxy_enabled), "false", 0, 0, 0, NULL, NULL,
+     "require a PROXY v1/v2 header from trusted peers"},
+    {"proxy_protocol.trusted", DP_CONF_STRLIST, OFF(proxy_trusted), NULL, 0, 1024, 0, NULL,
+     check_cidrs, "load balancer addresses/CIDRs a PROXY header is accepted from"},
+    {"proxy_protocol.timeout_ms", DP_CONF_INT, OFF(proxy_timeout_ms), "3000", 10, 60000, 0, NULL,
+     NULL, "deadline for the PROXY header"},
+    {"proxy_protocol.max_header", DP_CONF_INT, OFF(proxy_max_header), "1024", 107, 4096, 0,
+     NULL, NULL, "largest PROXY v2 header accepted (TLVs included)"},
+    {"hook.path", DP_CONF_STRING, OFF(hook_path), "static.so", 0, 4096, R, NULL, NULL,
+     "routing hook .so (a bare name is looked up in the hook directory)"},
+    {"hook.timeout_ms", DP_CONF_INT, OFF(hook_timeout_ms), "2000", 10, 60000, R, NULL, NULL,
+     "deadline of one hook call"},
+    {"hook.threads", DP_CONF_INT, OFF(hook_threads), "8", 1, 128, 0, NULL, NULL,
+     "threads running hook calls (libuv threadpool size)"},
+    {"hook.cache_ttl_ms", DP_CONF_INT, OFF(cache_ttl_ms), "30000", 0, 86400000, R, NULL, NULL,
+     "how long a route is cached"},
+    {"hook.negative_ttl_ms", DP_CONF_INT, OFF(cache_negative_ttl_ms), "5000", 0, 86400000, R,
+     NULL, NULL, "how long an unknown-user answer is cached"},
+    {"hook.stale_ms", DP_CONF_INT, OFF(cache_stale_ms), "300000", 0, 86400000, R, NULL, NULL,
+     "how long past its ttl a route is still served when the hook fails"},
+    {"hook.cache_max_entries", DP_CONF_INT, OFF(cache_max_entries), "100000", 1, 100000000, R,
+     NULL, NULL, "route cache size per worker"},
+    {"hook.config", DP_CONF_PARAMS, OFF(hook_params), NULL, 0, 0, R, NULL, NULL,
+     "the hook's own settings (see the hook's documentation)"},
+};
+#undef R
+#undef OFF
+
+const dp_conf_table dp_daemon_conf_table = {common_entries,
+                                            sizeof common_entries / sizeof common_entries[0]};
+
+/* ---- generations: one loaded config + its hook, shared by workers via refcounts ---- */
+
+typedef struct hook_ref {
+    dp_hook *hook;
+    _Atomic int refs;
+} hook_ref;
+
+typedef struct generation {
+    _Atomic int refs;
+    void *conf; /* the daemon's struct; starts with dp_daemon_conf */
+    dp_conf_src *src;
+    hook_ref *hook;
+    dp_cidr *trusted;
+    size_t ntrusted;
+    struct generation *next_retired;
+} generation;
+
+struct dp_daemon {
+    const dp_daemon_def *def;
+    const dp_conf_table *tables[3];
+    const char *config_path;
+    generation *gen; /* current; main thread only */
+    dp_workers *workers;
+    uv_loop_t *loop;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_async_t retire_async;
+    uv_timer_t retire_timer;
+    pthread_mutex_t retire_lock;
+    generation *retired;    /* released by workers, to free on the main thread */
+    hook_ref **dead_hooks;  /* hooks waiting for their calls to drain */
+    size_t ndead_hooks;
+    bool stopping;
+};
+
+typedef struct wstate {
+    dp_daemon *d;
+    generation *gen;
+    dp_route_cache *cache;
+    void *daemon_data;
+} wstate;
+
+static dp_daemon_conf *gconf(const generation *g)
+{
+    return g->conf;
+}
+
+static void cache_opts(const dp_daemon_conf *c, dp_route_cache_opts *o)
+{
+    *o = (dp_route_cache_opts){
+        .ttl_ms = c->cache_ttl_ms,
+        .negative_ttl_ms = c->cache_negative_ttl_ms,
+        .stale_ms = c->cache_stale_ms,
+        .timeout_ms = c->hook_timeout_ms,
+        .max_entries = (size_t)c->cache_max_entries,
+    };
+}
+
+static void gen_free(dp_daemon *d, generation *g)
+{
+    if (g->hook != NULL && atomic_fetch_sub(&g->hook->refs, 1) == 1) {
+        hook_ref **nd = realloc(d->dead_hooks, (d->ndead_hooks + 1) * sizeof *nd);
+        if (nd != NULL) {
+            d->dead_hooks = nd;
+            d->dead_hooks[d->ndead_hooks++] = g->hook;
+        }
+    }
+    dp_conf_free(d->tables, g->conf);
+    free(g->conf);
+    dp_conf_src_free(g->src);
+    free(g->trusted);
+    free(g);
+}
+
+static void reap(dp_daemon *d);
+
+static void retire_timer_cb(uv_timer_t *t)
+{
+    reap(t->data);
+}
+
+/* Free retired generations, and hooks whose in-flight calls have drained. Main thread. */
+static void reap(dp_daemon *d)
+{
+    pthread_mutex_lock(&d->retire_lock);
+    generation *g = d->retired;
+    d->retired = NULL;
+    pthread_mutex_unlock(&d->retire_lock);
+    while (g != NULL) {
+        generation *next = g->next_retired;
+        gen_free(d, g);
+        g = next;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < d->ndead_hooks; i++) {
+        hook_ref *h = d->dead_hooks[i];
+        if (dp_hook_calls_in_flight(h->hook) == 0) {
+            dp_log_info("hook %s unloaded", dp_hook_name(h->hook));
+            dp_hook_free(h->hook);
+            free(h);
+        } else {
+            d->dead_hooks[kept++] = h;
+        }
+    }
+    d->ndead_hooks = kept;
+    if (kept > 0 && !uv_is_closing((uv_handle_t *)&d->retire_timer))
+        uv_timer_start(&d->retire_timer, retire_timer_cb, RETIRE_POLL_MS, 0);
+}
+
+static void retire_async_cb(uv_async_t *a)
+{
+    reap(a->data);
+}
+
+/* Drop one reference; the last one hands the generation to the main thread. Any thread. */
+static void gen_release(dp_daemon *d, generation *g)
+{
+    if (atomic_fetch_sub(&g->refs, 1) != 1)
+        return;
+    pthread_mutex_lock(&d->retire_lock);
+    g->next_retired = d->retired;
+    d->retired = g;
+    pthread_mutex_unlock(&d->retire_lock);
+    uv_async_send(&d->retire_async);
+}
+
+/* Say "file:line: key: reason" for a hook load failure. */
+static void hook_error(const generation *g, const char *key, const char *why, char *err,
+                       size_t errlen)
+{
+    char where[512], path[300];
+    if (key != NULL)
+        snprintf(path, sizeof path, "hook.config.%s", key);
+    else
+        snprintf(path, sizeof path, "hook.path");
+    dp_conf_where(g->src, path, where, sizeof where);
+    snprintf(err, errlen, "%s: %s: %s", where, path, why);
+}
+
+/* Load and validate a configuration file into a new generation (refs = 1). When `reuse` is a
+ * generation whose hook has the same path and settings, its hook is shared instead of being
+ * loaded again (a reload that changes nothing in hook.* keeps the hook's connections). */
+static int gen_load(dp_daemon *d, const char *path, generation *reuse, generation **out, char *err,
+                    size_t errlen)
+{
+    const dp_daemon_def *def = d->def;
+    generation *g = calloc(1, sizeof *g);
+    if (g == NULL)
+        return -ENOMEM;
+    atomic_init(&g->refs, 1);
+    g->conf = calloc(1, def->conf_size);
+    if (g->conf == NULL) {
+        free(g);
+        return -ENOMEM;
+    }
+    int rc = dp_conf_load(path, d->tables, g->conf, &g->src, err, errlen);
+    if (rc == 0 && def->check != NULL && def->check(g->conf, g->src, err, errlen) != 0)
+        rc = -EINVAL;
+    dp_daemon_conf *c = gconf(g);
+    if (rc == 0 && c->proxy_trusted.n > 0) {
+        g->trusted = calloc(c->proxy_trusted.n, sizeof *g->trusted);
+        if (g->trusted == NULL)
+            rc = -ENOMEM;
+        for (size_t i = 0; rc == 0 && i < c->proxy_trusted.n; i++)
+            dp_cidr_parse(c->proxy_trusted.v[i], &g->trusted[g->ntrusted++]);
+    }
+    if (rc == 0 && c->proxy_enabled && c->proxy_trusted.n == 0) {
+        char where[512];
+        snprintf(err, errlen, "%s: proxy_protocol.trusted: required when enabled",
+                 dp_conf_where(g->src, "proxy_protocol.enabled", where, sizeof where));
+        rc = -EINVAL;
+    }
+    if (rc == 0 && reuse != NULL && reuse->hook != NULL &&
+        strcmp(gconf(reuse)->hook_path, c->hook_path) == 0 &&
+        dp_conf_params_equal(&gconf(reuse)->hook_params, &c->hook_params)) {
+        g->hook = reuse->hook;
+        atomic_fetch_add(&g->hook->refs, 1);
+    } else if (rc == 0) {
+        g->hook = calloc(1, sizeof *g->hook);
+        if (g->hook == NULL) {
+            rc = -ENOMEM;
+        } else {
+            char why[1024];
+            const char *key = NULL;
+            rc = dp_hook_load(&g->hook->hook, c->hook_path, c->hook_params.v, why, sizeof why,
+                              &key);
+            if (rc != 0) {
+                hook_error(g, key, why, err, errlen);
+                free(g->hook);
+                g->hook = NULL;
+            } else {
+                atomic_init(&g->hook->refs, 1);
+            }
+        }
+    }
+    if (rc != 0) {
+        dp_conf_free(d->tables, g->conf);
+        free(g->conf);
+        dp_conf_src_free(g->src);
+        free(g->trusted);
+        free(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+/* ---- workers ---- */
+
+static void cache_closed(void *arg)
+{
+    wstate *ws = arg;
+    ws->cache = NULL;
+}
+
+static int w_start(dp_worker *w)
+{
+    dp_daemon *d = dp_worker_arg(w);
+    wstate *ws = calloc(1, sizeof *ws);
+    if (ws == NULL)
+        return -ENOMEM;
+    ws->d = d;
+    /* The main thread took a reference for each worker before starting them. */
+    ws->gen = d->gen;
+    dp_worker_set_data(w, ws);
+    dp_route_cache_opts o;
+    cache_opts(gconf(ws->gen), &o);
+    int rc = dp_route_cache_new(&ws->cache, dp_worker_loop(w), ws->gen->hook->hook, &o);
+    if (rc != 0)
+        return rc;
+    return d->def->ops->start != NULL ? d->def->ops->start(w) : 0;
+}
+
+static void w_accept(dp_worker *w, const dp_conn_info *ci)
+{
+    dp_daemon *d = dp_worker_arg(w);
+    wstate *ws = dp_worker_data(w);
+    dp_sock_tune(ci->fd, gconf(ws->gen)->tcp_keepalive_s);
+    d->def->ops->accept(w, ci);
+}
+
+static void w_stop(dp_worker *w)
+{
+    dp_daemon *d = dp_worker_arg(w);
+    wstate *ws = dp_worker_data(w);
+    if (d->def->ops->stop != NULL)
+        d->def->ops->stop(w);
+    if (ws != NULL && ws->cache != NULL)
+        dp_route_cache_close(ws->cache, cache_closed, ws);
+}
+
+static void w_fini(dp_worker *w)
+{
+    dp_daemon *d = dp_worker_arg(w);
+    wstate *ws = dp_worker_data(w);
+    if (d->def->ops->fini != NULL)
+        d->def->ops->fini(w);
+    if (ws != NULL) {
+        gen_release(d, ws->gen);
+        free(ws);
+    }
+}
+
+static const dp_worker_ops worker_ops = {w_start, w_accept, w_stop, w_fini};
+
+/* Runs on each worker: switch to the new generation (a reference was taken for it). */
+static void w_swap_gen(dp_worker *w, void *arg)
+{
+    generation *g = arg;
+    wstate *ws = dp_worker_data(w);
+    dp_daemon *d = dp_worker_arg(w);
+    if (ws == NULL || ws->cache == NULL) {
+        gen_release(d, g);
+        return;
+    }
+    generation *old = ws->gen;
+    ws->gen = g;
+    dp_route_cache_opts o;
+    cache_opts(gconf(g), &o);
+    dp_route_cache_set_hook(ws->cache, g->hook->hook, &o);
+    gen_release(d, old);
+}
+
+dp_daemon *dp_worker_daemon(const dp_worker *w)
+{
+    return dp_worker_arg(w);
+}
+
+const void *dp_daemon_worker_conf(const dp_worker *w)
+{
+    const wstate *ws = dp_worker_data(w);
+    return ws->gen->conf;
+}
+
+dp_hook *dp_daemon_worker_hook(const dp_worker *w)
+{
+    const wstate *ws = dp_worker_data(w);
+    return ws->gen->hook->hook;
+}
+
+dp_route_cache *dp_daemon_worker_cache(const dp_worker *w)
+{
+    const wstate *ws = dp_worker_data(w);
+    return ws->cache;
+}
+
+const char *dp_daemon_name(const dp_daemon *d)
+{
+    return d->def->name;
+}
+
+void dp_daemon_worker_set_data(dp_worker *w, void *data)
+{
+    wstate *ws = dp_worker_data(w);
+    ws->daemon_data = data;
+}
+
+void *dp_daemon_worker_data(const dp_worker *w)
+{
+    const wstate *ws = dp_worker_data(w);
+    return ws->daemon_data;
+}
+
+/* ---- signals and reload ---- */
+
+static void reload(dp_daemon *d)
+{
+    char err[ERRLEN];
+    generation *g;
+    int rc = gen_load(d, d->config_path, d->gen, &g, err, sizeof err);
+    if (rc != 0) {
+        dp_log_error("reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    const char *changed = dp_conf_nonreloadable_change(d->tables, d->gen->conf, g->conf);
+    if (changed != NULL)
+        dp_log_warn("reload: %s changed; it takes effect after a restart", changed);
+    dp_log_set_level((dp_log_level)gconf(g)->log_level);
+    generation *old = d->gen;
+    d->gen = g;
+    atomic_fetch_add(&g->refs, (int)dp_workers_count(d->workers)); /* one per worker */
+    if (dp_workers_each(d->workers, w_swap_gen, g) != 0)
+        dp_log_error("reload: could not reach every worker");
+    gen_release(d, old); /* the main thread's own reference */
+    dp_log_info("reloaded %s (hook %s)", d->config_path, dp_hook_name(g->hook->hook));
+}
+
+static void stop(dp_daemon *d)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    dp_log_info("stopping");
+    dp_workers_stop(d->workers);
+    uv_signal_stop(&d->sig_hup);
+    /* The main loop keeps running (retire handles) until the workers are joined. */
+    uv_stop(d->loop);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    dp_daemon *d = h->data;
+    if (signum == SIGHUP) {
+        dp_log_info("SIGHUP: reloading");
+        reload(d);
+    } else {
+        dp_log_info("%s received", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        stop(d);
+    }
+}
+
+/* ---- main ---- */
+
+static void usage(const dp_daemon_def *def, FILE *f)
+{
+    fprintf(f,
+            "usage: %s [-c FILE] [-t] [-T] [-V]\n"
+            "  -c FILE  configuration file (default %s)\n"
+            "  -t       check the configuration and the hook, then exit\n"
+            "  -T       like -t, and print the effective configuration\n"
+            "  -V       print the version\n",
+            def->name, def->default_config);
+}
+
+static void close_cb(uv_handle_t *h)
+{
+    (void)h;
+}
+
+int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
+{
+    dp_daemon d = {.def = def, .config_path = def->default_config};
+    d.tables[0] = &dp_daemon_conf_table;
+    d.tables[1] = def->table;
+    d.tables[2] = NULL;
+    bool test_only = false, dump = false;
+    int opt;
+    dp_log_init(def->name, 2);
+    while ((opt = getopt(argc, argv, "c:tTVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            d.config_path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'T':
+            test_only = dump = true;
+            break;
+        case 'V':
+            printf("%s %s (hook ABI %u.%u)\n", def->name, DP_VERSION, DPH_ABI_MAJOR,
+                   DPH_ABI_MINOR);
+            return 0;
+        case 'h':
+            usage(def, stdout);
+            return 0;
+        default:
+            usage(def, stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(def, stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    pthread_mutex_init(&d.retire_lock, NULL);
+
+    char err[ERRLEN];
+    int rc = gen_load(&d, d.config_path, NULL, &d.gen, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "%s: configuration refused:\n%s\n", def->name, err);
+        return 1;
+    }
+    dp_daemon_conf *c = gconf(d.gen);
+    if (test_only) {
+        if (dump)
+            dp_conf_dump(d.tables, d.gen->conf, 1);
+        printf("%s: configuration OK (hook %s)\n", d.config_path, dp_hook_name(d.gen->hook->hook));
+        dp_hook_free(d.gen->hook->hook);
+        free(d.gen->hook);
+        d.gen->hook = NULL;
+        gen_free(&d, d.gen);
+        return 0;
+    }
+    dp_log_set_level((dp_log_level)c->log_level);
+
+    /* libuv sizes its threadpool once, from the environment, at first use. */
+    char threads[16];
+    snprintf(threads, sizeof threads, "%d", c->hook_threads);
+    setenv("UV_THREADPOOL_SIZE", threads, 1);
+
+    d.loop = uv_default_loop();
+    uv_async_init(d.loop, &d.retire_async, retire_async_cb);
+    d.retire_async.data = &d;
+    uv_timer_init(d.loop, &d.retire_timer);
+    d.retire_timer.data = &d;
+    uv_signal_init(d.loop, &d.sig_term);
+    uv_signal_init(d.loop, &d.sig_int);
+    uv_signal_init(d.loop, &d.sig_hup);
+    d.sig_term.data = d.sig_int.data = d.sig_hup.data = &d;
+    uv_signal_start(&d.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&d.sig_int, on_signal, SIGINT);
+    uv_signal_start(&d.sig_hup, on_signal, SIGHUP);
+
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nworkers = c->workers > 0 ? c->workers : (ncpu > 0 ? (int)ncpu : 1);
+    atomic_fetch_add(&d.gen->refs, nworkers); /* one per worker, released in w_fini */
+    dp_workers_opts wo = {
+        .nworkers = nworkers,
+        .listen = (const char *const *)c->listen.v,
+        .nlisten = c->listen.n,
+        .backlog = c->backlog,
+        .proxy_protocol = c->proxy_enabled,
+        .trusted = d.gen->trusted,
+        .ntrusted = d.gen->ntrusted,
+        .proxy_timeout_ms = c->proxy_timeout_ms,
+        .proxy_max_header = (size_t)c->proxy_max_header,
+        .ops = &worker_ops,
+        .arg = &d,
+    };
+    rc = dp_workers_start(&d.workers, &wo, err, sizeof err);
+    int status = 0;
+    if (rc != 0) {
+        fprintf(stderr, "%s: cannot start: %s\n", def->name, err);
+        dp_log_error("cannot start: %s", err);
+        status = 3;
+        if (d.workers == NULL) {
+            atomic_fetch_sub(&d.gen->refs, nworkers);
+        } else {
+            /* Some threads started: they hold their references; the rest never will. */
+            atomic_fetch_sub(&d.gen->refs, nworkers - (int)dp_workers_count(d.workers));
+            dp_workers_stop(d.workers);
+        }
+    } else {
+        char addrs[512] = "";
+        for (size_t i = 0, pos = 0; i < c->listen.n && pos < sizeof addrs; i++)
+            pos += (size_t)snprintf(addrs + pos, sizeof addrs - pos, "%s%s", i ? "," : "",
+                                    c->listen.v[i]);
+        dp_log_event(DP_LOG_INFO, NULL, "start", "version=%s workers=%d listen=%s hook=%s",
+                     DP_VERSION, nworkers, addrs, dp_hook_name(d.gen->hook->hook));
+        uv_run(d.loop, UV_RUN_DEFAULT); /* until stop() */
+    }
+    if (d.workers != NULL) {
+        int deadline = gconf(d.gen)->shutdown_timeout_ms;
+        if (dp_workers_join(d.workers, deadline) != 0) {
+            dp_log_error("sessions still open after %d ms; exiting anyway", deadline);
+            _exit(3);
+        }
+        dp_workers_free(d.workers);
+    }
+    gen_release(&d, d.gen); /* the main thread's reference */
+    /* Free what the workers released, then wait for the hooks' calls to drain. */
+    uv_close((uv_handle_t *)&d.sig_term, close_cb);
+    uv_close((uv_handle_t *)&d.sig_int, close_cb);
+    uv_close((uv_handle_t *)&d.sig_hup, close_cb);
+    reap(&d);
+    for (int i = 0; i < 50 && d.ndead_hooks > 0; i++) {
+        uv_run(d.loop, UV_RUN_NOWAIT);
+        usleep(RETIRE_POLL_MS * 1000);
+        reap(&d);
+    }
+    uv_close((uv_handle_t *)&d.retire_async, close_cb);
+    uv_close((uv_handle_t *)&d.retire_timer, close_cb);
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    uv_loop_close(d.loop);
+    free(d.dead_hooks);
+    pthread_mutex_destroy(&d.retire_lock);
+    dp_log_event(DP_LOG_INFO, NULL, "stop", "status=%d", status);
+    return status;
+}

@@ -1,0 +1,75 @@
+/*
+ * dp_daemon.h - the skeleton both daemons run: command line (-c FILE, -t, -T, -V), the
+ * configuration keys they share, hook loading, worker threads with one route cache each,
+ * and signals on the main thread's loop (SIGTERM/SIGINT: graceful stop with a deadline;
+ * SIGHUP: reload).
+ *
+ * A daemon describes itself with a dp_daemon_def: its own config table (its struct must
+ * start with a dp_daemon_conf) and its worker callbacks.
+ */
+#ifndef DP_DAEMON_H
+#define DP_DAEMON_H
+
+#include <stdbool.h>
+
+#include "dp_cidr.h"
+#include "dp_config.h"
+#include "dp_hook.h"
+#include "dp_route_cache.h"
+#include "dp_worker.h"
+
+/* Keys every daemon has; documented in docs/configuration.md. */
+typedef struct dp_daemon_conf {
+    int log_level; /* index into "error", "warn", "info", "debug" */
+    int workers;   /* 0 = one per CPU */
+    dp_strlist listen;
+    int backlog;
+    int shutdown_timeout_ms;
+    int tcp_keepalive_s;
+    /* proxy_protocol.* */
+    bool proxy_enabled;
+    dp_strlist proxy_trusted;
+    int proxy_timeout_ms;
+    int proxy_max_header;
+    /* hook.* */
+    char *hook_path;
+    int hook_timeout_ms;
+    int hook_threads;
+    int cache_ttl_ms;
+    int cache_negative_ttl_ms;
+    int cache_stale_ms;
+    int cache_max_entries;
+    dp_conf_params hook_params;
+} dp_daemon_conf;
+
+extern const dp_conf_table dp_daemon_conf_table;
+
+typedef struct dp_daemon dp_daemon;
+
+typedef struct dp_daemon_def {
+    const char *name;           /* "sshproxy" */
+    const char *default_config; /* path used without -c */
+    const dp_conf_table *table; /* the daemon's own keys (NULL: none) */
+    size_t conf_size;           /* sizeof its config struct (>= sizeof(dp_daemon_conf)) */
+    /* Cross-key validation after loading. Return 0, or -1 with err set. */
+    int (*check)(const void *conf, const dp_conf_src *src, char *err, size_t errlen);
+    const dp_worker_ops *ops;   /* accept etc.; dp_daemon_worker_cache() is ready in start */
+} dp_daemon_def;
+
+/* Run the daemon; returns the process exit status (0 ok, 1 config error, 2 usage, 3 runtime). */
+int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv);
+
+/* From a worker: the daemon, the config and hook this worker uses now (reload swaps them
+ * between callbacks on the worker's loop, so look them up again in each callback instead of
+ * keeping the pointers), and the worker's route cache. */
+dp_daemon *dp_worker_daemon(const dp_worker *w);
+const void *dp_daemon_worker_conf(const dp_worker *w);
+dp_hook *dp_daemon_worker_hook(const dp_worker *w);
+dp_route_cache *dp_daemon_worker_cache(const dp_worker *w);
+const char *dp_daemon_name(const dp_daemon *d);
+
+/* The per-worker data slot the daemon may use (dp_worker_data is taken by dp_daemon). */
+void dp_daemon_worker_set_data(dp_worker *w, void *data);
+void *dp_daemon_worker_data(const dp_worker *w);
+
+#endif

@@ -1,0 +1,334 @@
+"""Backend "servers" for dynproxy tests: one OpenSSH sshd + one vsftpd per backend.
+
+    be = Backend("web1", "/tmp/x/web1")        # ports None: free 127.0.0.1 ports
+    be.start()
+    be.ensure_user(user, authorized_keys=[user.pubkey])
+    be.ssh_port, be.ftp_port, be.pasv_range, be.ssh_hostkey_sha256, be.home_dir
+    be.stop()
+
+Each backend lives in its own mount namespace (unshare --mount --propagation private) where
+<basedir>/home is bind-mounted over /srv/dynproxy/home, so one system user has a different
+home on every backend, like on separate machines. A holder process (`sleep infinity`) keeps the
+namespace; sshd and vsftpd enter it with nsenter. They run in their own sessions (setsid), so
+they outlive the Python process that started them (the demo relies on that); everything needed
+to stop them later is in <basedir>/state.json. stop() kills every process inside the namespace
+(found by its /proc/PID/ns/mnt id), so per-connection children and user sessions go too.
+"""
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dpenv import (HarnessError, free_port, free_port_range, kill_wait, pid_alive,  # noqa: E402
+                   port_accepts, port_is_free, run, tail, wait_port, wait_until)
+
+HOME_MOUNT = "/srv/dynproxy/home"
+START_TIMEOUT = 10.0
+
+
+def _mntns(pid):
+    try:
+        return os.readlink("/proc/%d/ns/mnt" % pid)
+    except OSError:
+        return None
+
+
+def _pids_in_ns(ns):
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and _mntns(int(d)) == ns:
+            pids.append(int(d))
+    return pids
+
+
+class Backend:
+    """One backend: sshd + vsftpd in a private mount namespace under basedir."""
+
+    def __init__(self, name, basedir, ssh_port=None, ftp_port=None, pasv_range=None,
+                 proxy_authorized_keys=None, logdir=None):
+        self.name = name
+        self.basedir = os.path.abspath(basedir)
+        self.home_dir = os.path.join(self.basedir, "home")
+        self.logdir = os.path.abspath(logdir) if logdir else self.basedir
+        self.proxy_authorized_keys = os.path.abspath(
+            proxy_authorized_keys or os.path.join(self.basedir, "..", "proxy_authorized_keys"))
+        self._statefile = os.path.join(self.basedir, "state.json")
+        st = self._load_state()
+        self.ssh_port = ssh_port or st.get("ssh_port")
+        self.ftp_port = ftp_port or st.get("ftp_port")
+        pr = pasv_range or st.get("pasv_range")
+        self.pasv_range = tuple(pr) if pr else None
+        self.sshd_log = os.path.join(self.logdir, "%s-sshd.log" % name)
+        self.vsftpd_log = os.path.join(self.logdir, "%s-vsftpd.log" % name)
+        self.xferlog = os.path.join(self.logdir, "%s-xferlog" % name)
+        self.vsftpd_out = os.path.join(self.logdir, "%s-vsftpd.out" % name)
+        self.sshd_config = os.path.join(self.basedir, "sshd_config")
+        self.vsftpd_conf = os.path.join(self.basedir, "vsftpd.conf")
+        self._procs = []
+
+    # ---- state -------------------------------------------------------------------------
+    def _load_state(self):
+        try:
+            with open(self._statefile) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, **kw):
+        st = self._load_state()
+        st.update(kw)
+        tmp = self._statefile + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f, indent=1)
+        os.replace(tmp, self._statefile)
+
+    def _hostkey(self, kind):
+        return os.path.join(self.basedir, "ssh_host_%s_key" % kind)
+
+    @property
+    def ssh_hostkey_sha256(self):
+        """"SHA256:..." of the ed25519 host key (what a pin in dynproxy.backends holds)."""
+        out = run(["ssh-keygen", "-lf", self._hostkey("ed25519") + ".pub"], timeout=10).stdout
+        return out.split()[1]
+
+    @property
+    def ssh_hostkey_pub(self):
+        with open(self._hostkey("ed25519") + ".pub") as f:
+            return f.read().strip()
+
+    def pids(self):
+        """{'holder': pid, 'sshd': pid, 'vsftpd': pid} of the recorded, still alive processes."""
+        st = self._load_state()
+        ns = st.get("mntns")
+        out = {}
+        for k in ("holder", "sshd", "vsftpd"):
+            pid = st.get(k)
+            if pid and pid_alive(pid) and ns and _mntns(pid) == ns:
+                out[k] = pid
+        return out
+
+    def is_running(self):
+        p = self.pids()
+        return (len(p) == 3 and port_accepts(self.ssh_port) and port_accepts(self.ftp_port))
+
+    # ---- setup -------------------------------------------------------------------------
+    def _prepare(self):
+        for d in (self.basedir, self.home_dir, self.logdir):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)   # users must traverse to their home and proxy_authorized_keys
+        os.makedirs(HOME_MOUNT, exist_ok=True)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        empty = os.path.join(self.basedir, "empty")
+        os.makedirs(empty, exist_ok=True)
+        os.chmod(empty, 0o755)
+        if os.listdir(empty):
+            raise HarnessError("%s must be empty (vsftpd secure_chroot_dir)" % empty)
+        if not os.path.exists(self.proxy_authorized_keys):
+            os.makedirs(os.path.dirname(self.proxy_authorized_keys), exist_ok=True)
+            open(self.proxy_authorized_keys, "a").close()
+        os.chmod(self.proxy_authorized_keys, 0o644)
+        for kind, extra in (("ed25519", []), ("ecdsa", ["-b", "256"]), ("rsa", ["-b", "2048"])):
+            key = self._hostkey(kind)
+            if not os.path.exists(key):
+                run(["ssh-keygen", "-q", "-t", kind] + extra +
+                    ["-N", "", "-C", "%s-hostkey" % self.name, "-f", key], timeout=60)
+        if self.ssh_port is None:
+            self.ssh_port = free_port()
+        if self.ftp_port is None:
+            self.ftp_port = free_port()
+        if self.pasv_range is None:
+            self.pasv_range = free_port_range(50)
+        self._save_state(name=self.name, ssh_port=self.ssh_port, ftp_port=self.ftp_port,
+                         pasv_range=list(self.pasv_range))
+        self._write_sshd_config()
+        self._write_vsftpd_conf()
+
+    def _write_sshd_config(self):
+        lines = [
+            "# generated by tests/harness/backends.py for backend %s" % self.name,
+            "ListenAddress 127.0.0.1",
+            "Port %d" % self.ssh_port,
+            "HostKey %s" % self._hostkey("ed25519"),
+            "HostKey %s" % self._hostkey("ecdsa"),
+            "HostKey %s" % self._hostkey("rsa"),
+            "PidFile %s" % os.path.join(self.basedir, "sshd.pid"),
+            "UsePAM yes",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication yes",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin no",
+            "AuthorizedKeysFile %s .ssh/authorized_keys" % self.proxy_authorized_keys,
+            "SetEnv DYNPROXY_BACKEND=%s" % self.name,
+            "AcceptEnv LANG LC_* DP_*",
+            "AllowAgentForwarding yes",
+            "AllowTcpForwarding yes",
+            "X11Forwarding no",
+            "PrintMotd no",
+            "Subsystem sftp internal-sftp",
+            "StrictModes no",
+            "MaxStartups 1000:30:2000",
+            "MaxSessions 100",
+            "MaxAuthTries 10",
+            "LoginGraceTime 30",
+            "LogLevel VERBOSE",
+        ]
+        with open(self.sshd_config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def _write_vsftpd_conf(self):
+        lo, hi = self.pasv_range
+        opts = [
+            ("listen", "YES"), ("listen_ipv6", "NO"), ("listen_address", "127.0.0.1"),
+            ("listen_port", self.ftp_port), ("background", "NO"),
+            ("anonymous_enable", "NO"), ("local_enable", "YES"), ("write_enable", "YES"),
+            ("local_umask", "022"),
+            ("pasv_enable", "YES"), ("pasv_min_port", lo), ("pasv_max_port", hi),
+            ("pasv_address", "127.0.0.1"), ("port_enable", "YES"),
+            ("connect_from_port_20", "NO"),
+            ("ftpd_banner", "%s FTP ready" % self.name),
+            ("seccomp_sandbox", "NO"), ("isolate", "NO"), ("isolate_network", "NO"),
+            ("max_clients", 2000), ("max_per_ip", 2000),
+            ("xferlog_enable", "YES"), ("xferlog_file", self.xferlog),
+            ("vsftpd_log_file", self.vsftpd_log), ("dual_log_enable", "YES"),
+            ("log_ftp_protocol", "YES"),
+            ("pam_service_name", "vsftpd"),
+            ("secure_chroot_dir", os.path.join(self.basedir, "empty")),
+            ("use_localtime", "YES"),
+        ]
+        with open(self.vsftpd_conf, "w") as f:
+            f.write("# generated by tests/harness/backends.py for backend %s\n" % self.name)
+            for k, v in opts:
+                f.write("%s=%s\n" % (k, v))
+        os.chmod(self.vsftpd_conf, 0o600)
+
+    def ensure_user(self, user, authorized_keys=None):
+        """Give `user` (a users.User or a name) a home on this backend with a BACKEND file.
+
+        authorized_keys: optional list of public key lines written to ~/.ssh/authorized_keys.
+        Returns the home directory path as seen from the root namespace.
+        """
+        name = user if isinstance(user, str) else user.name
+        pw = pwd.getpwnam(name)
+        home = os.path.join(self.home_dir, name)
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(home, 0o755)
+        marker = os.path.join(home, "BACKEND")
+        with open(marker, "w") as f:
+            f.write(self.name + "\n")
+        os.chown(marker, pw.pw_uid, pw.pw_gid)
+        if authorized_keys is not None:
+            sshdir = os.path.join(home, ".ssh")
+            os.makedirs(sshdir, exist_ok=True)
+            os.chown(sshdir, pw.pw_uid, pw.pw_gid)
+            os.chmod(sshdir, 0o700)
+            ak = os.path.join(sshdir, "authorized_keys")
+            with open(ak, "w") as f:
+                for k in authorized_keys:
+                    f.write(k.strip() + "\n")
+            os.chown(ak, pw.pw_uid, pw.pw_gid)
+            os.chmod(ak, 0o600)
+        return home
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def _spawn(self, cmd, logpath):
+        with open(logpath, "ab") as out:
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, close_fds=True, cwd="/")
+        self._procs.append(p)
+        return p.pid
+
+    def _fail(self, what, logs):
+        msg = ["backend %s: %s" % (self.name, what)]
+        for lp in logs:
+            msg.append("--- %s (tail) ---\n%s" % (lp, tail(lp, 20)))
+        self.stop()
+        raise HarnessError("\n".join(msg))
+
+    def start(self):
+        """Start (or repair) the backend. No-op when everything already runs. Returns self."""
+        if self.ssh_port and self.ftp_port and self.is_running():
+            return self
+        self.stop()   # half-up: clean leftovers before starting afresh
+        self._prepare()
+        for what, port in (("ssh", self.ssh_port), ("ftp", self.ftp_port)):
+            if not port_is_free(port):
+                raise HarnessError("backend %s: %s port 127.0.0.1:%d is already in use"
+                                   % (self.name, what, port))
+        holder_log = os.path.join(self.logdir, "%s-holder.log" % self.name)
+        script = 'set -e; mount --bind "$1" "$2"; exec sleep infinity'
+        holder = self._spawn(["unshare", "--mount", "--propagation", "private", "--",
+                              "/bin/sh", "-c", script, "dp-backend-" + self.name,
+                              self.home_dir, HOME_MOUNT], holder_log)
+        rootns = _mntns(os.getpid())
+
+        def ns_ready():
+            ns = _mntns(holder)
+            if ns is None or ns == rootns:
+                return False
+            try:
+                with open("/proc/%d/mountinfo" % holder) as f:
+                    return any(ln.split()[4] == HOME_MOUNT for ln in f)
+            except OSError:
+                return False
+
+        if not wait_until(ns_ready, START_TIMEOUT):
+            self._save_state(holder=holder, mntns=_mntns(holder))
+            self._fail("mount namespace holder did not come up", [holder_log])
+        ns = _mntns(holder)
+        self._save_state(holder=holder, mntns=ns)
+        enter = ["nsenter", "--mount=/proc/%d/ns/mnt" % holder, "--"]
+        sshd = self._spawn(enter + ["/usr/sbin/sshd", "-D", "-e", "-f", self.sshd_config],
+                           self.sshd_log)
+        vsftpd = self._spawn(enter + ["/usr/sbin/vsftpd", self.vsftpd_conf], self.vsftpd_out)
+        self._save_state(sshd=sshd, vsftpd=vsftpd)
+        if not wait_port(self.ssh_port, timeout=START_TIMEOUT, alive=lambda: pid_alive(sshd)):
+            self._fail("sshd did not accept on 127.0.0.1:%d within %ss"
+                       % (self.ssh_port, START_TIMEOUT), [self.sshd_log])
+        if not wait_port(self.ftp_port, timeout=START_TIMEOUT, alive=lambda: pid_alive(vsftpd)):
+            self._fail("vsftpd did not accept on 127.0.0.1:%d within %ss"
+                       % (self.ftp_port, START_TIMEOUT), [self.vsftpd_out, self.vsftpd_log])
+        return self
+
+    def stop(self):
+        """Kill every process of this backend (holder, daemons, sessions). Idempotent."""
+        st = self._load_state()
+        ns = st.get("mntns")
+        holder = st.get("holder")
+        if ns and ns != _mntns(os.getpid()):
+            # daemons first (so they stop accepting), then whatever else lives in the namespace
+            order = [st.get("sshd"), st.get("vsftpd")]
+            for pid in order:
+                if pid and _mntns(pid) == ns:
+                    kill_wait(pid, 3.0)
+            for _ in range(3):
+                left = _pids_in_ns(ns)
+                if not left:
+                    break
+                for pid in left:
+                    if pid != holder:
+                        kill_wait(pid, 2.0)
+                if holder in left:
+                    kill_wait(holder, 2.0)
+            left = _pids_in_ns(ns)
+            if left:
+                raise HarnessError("backend %s: processes survive stop: %s" % (self.name, left))
+        for p in self._procs:    # reap our children
+            try:
+                p.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs = []
+        if os.path.exists(self._statefile):
+            self._save_state(holder=None, sshd=None, vsftpd=None, mntns=None)
+        wait_until(lambda: (not self.ssh_port or port_is_free(self.ssh_port)) and
+                   (not self.ftp_port or port_is_free(self.ftp_port)), 5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
