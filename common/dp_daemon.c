@@ -273,6 +273,11 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
         dp_conf_params_equal(&gconf(reuse)->hook_params, &c->hook_params)) {
         g->hook = reuse->hook;
         atomic_fetch_add(&g->hook->refs, 1);
+        /* Same hook, same settings: let it re-read its own sources (a routes file). */
+        int hr = dp_hook_reload(g->hook->hook);
+        if (hr != 0 && hr != -ENOTSUP)
+            dp_log_warn("hook %s: reload failed (%s); it keeps its current routes",
+                        dp_hook_name(g->hook->hook), strerror(-hr));
     } else if (rc == 0) {
         g->hook = calloc(1, sizeof *g->hook);
         if (g->hook == NULL) {

@@ -242,6 +242,13 @@ unsigned dp_hook_calls_in_flight(const dp_hook *hook)
 #define HOOK_HAS_OP(ops, field)                                                                   \
     ((ops)->struct_size >= offsetof(dph_ops, field) + sizeof((ops)->field) && (ops)->field != NULL)
 
+int dp_hook_reload(dp_hook *hook)
+{
+    if (!HOOK_HAS_OP(hook->ops, reload))
+        return -ENOTSUP;
+    return hook->ops->reload(hook->state);
+}
+
 /* ---- asynchronous calls ---- */
 
 typedef enum { CALL_LOOKUP, CALL_KEYS, CALL_SESSION } call_kind;

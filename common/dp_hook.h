@@ -46,6 +46,10 @@ void *dp_hook_state(const dp_hook *hook);
 int dp_hook_subscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg);
 void dp_hook_unsubscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg);
 
+/* Ask the hook to re-read its sources (its optional reload op). Main thread. Returns 0,
+ * -ENOTSUP when the hook has no reload op, or the hook's error. */
+int dp_hook_reload(dp_hook *hook);
+
 /* Forward an invalidation to every subscriber, as the hook's host->invalidate does.
  * Used by proxyctl's `cache flush` too. */
 void dp_hook_invalidate(dp_hook *hook, const char *user);

@@ -405,6 +405,7 @@ static void free_workers(dp_workers *ws)
     }
     pthread_mutex_destroy(&ws->join_lock);
     pthread_cond_destroy(&ws->join_cond);
+    free((void *)ws->opts.trusted);
     free(ws->w);
     free(ws);
 }
@@ -417,6 +418,18 @@ int dp_workers_start(dp_workers **out, const dp_workers_opts *opts, char *err, s
     if (ws == NULL)
         return -ENOMEM;
     ws->opts = *opts;
+    /* The caller's arrays may go away (a reload frees its configuration): keep our own. */
+    ws->opts.listen = NULL;
+    ws->opts.trusted = NULL;
+    if (opts->ntrusted > 0) {
+        dp_cidr *t = malloc(opts->ntrusted * sizeof *t);
+        if (t == NULL) {
+            free(ws);
+            return -ENOMEM;
+        }
+        memcpy(t, opts->trusted, opts->ntrusted * sizeof *t);
+        ws->opts.trusted = t;
+    }
     ws->n = (size_t)opts->nworkers;
     ws->w = calloc(ws->n, sizeof *ws->w);
     pthread_mutex_init(&ws->join_lock, NULL);

@@ -56,7 +56,8 @@ typedef struct dp_workers_opts {
     void *arg;                    /* dp_worker_arg() */
 } dp_workers_opts;
 
-/* Bind every socket, then start the threads. Returns 0 or a negative errno with `err` set
+/* Bind every socket, then start the threads. `opts` and its arrays are copied (the caller
+ * may free them after this returns). Returns 0 or a negative errno with `err` set
  * ("listen 127.0.0.1:22: Address already in use"). */
 int dp_workers_start(dp_workers **out, const dp_workers_opts *opts, char *err, size_t errlen);
 

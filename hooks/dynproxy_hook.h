@@ -172,6 +172,12 @@ typedef struct dph_ops {
     /* Optional notifications. */
     void (*session_start)(void *state, const dph_session *session);
     void (*session_end)(void *state, const dph_session *session);
+
+    /* Optional: re-read external sources (files, remote tables) now. The host calls it from
+     * its main thread on a reload (SIGHUP, proxyctl reload) that keeps this hook instance
+     * because the hook's settings did not change. Return 0, or a negative errno after logging
+     * why (the hook keeps serving what it had). */
+    int (*reload)(void *state);
 } dph_ops;
 
 /* The smallest ops struct the host accepts for ABI major 1. */

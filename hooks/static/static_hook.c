@@ -185,8 +185,8 @@ out:
     return r;
 }
 
-/* Called with reload_mu held. */
-static void check_file(static_state *st)
+/* Called with reload_mu held. Returns 0 (reloaded or unchanged) or a negative errno. */
+static int check_file(static_state *st)
 {
     struct stat sb;
     file_sig sig;
@@ -195,12 +195,12 @@ static void check_file(static_state *st)
             slog(st, DPH_LOG_WARN, "cannot stat routes file %s: %s; keeping the loaded routes",
                  st->path, strerror(errno));
         st->stat_failed = true;
-        return;
+        return -ENOENT;
     }
     st->stat_failed = false;
     sig_of(&sb, &sig);
     if (sig_eq(&sig, &st->sig) && !st->sig_racy)
-        return;
+        return 0;
 
     char err[DPH_ERROR_MAX], *text = NULL;
     uint64_t hash;
@@ -209,13 +209,13 @@ static void check_file(static_state *st)
         st->sig = sig; /* report once; retry when the file changes again */
         st->sig_racy = false;
         slog(st, DPH_LOG_ERROR, "routes not reloaded, keeping the loaded ones: %s", err);
-        return;
+        return r;
     }
     st->sig = sig;
     st->sig_racy = sig_is_racy(&sig);
     if (hash == st->seen_hash) { /* touched, or rewritten with the same content */
         free(text);
-        return;
+        return 0;
     }
     st->seen_hash = hash; /* also for a bad file: report it once, not at every check */
 
@@ -224,7 +224,7 @@ static void check_file(static_state *st)
     free(text);
     if (r < 0) {
         slog(st, DPH_LOG_ERROR, "routes not reloaded, keeping the loaded ones: %s", err);
-        return;
+        return r;
     }
     pthread_rwlock_wrlock(&st->lock);
     sr_table *old = st->table;
@@ -235,6 +235,7 @@ static void check_file(static_state *st)
          sr_table_nusers(t), sr_table_nbackends(t));
     if (HOST_HAS(st->host, invalidate_all) && st->host->invalidate_all)
         st->host->invalidate_all(st->host->ctx);
+    return 0;
 }
 
 /* At most once per reload_ms, one thread (the others don't wait) checks the file. */
@@ -253,6 +254,19 @@ static void maybe_reload(static_state *st)
         atomic_store(&st->last_check_ms, mono_ms());
     }
     pthread_mutex_unlock(&st->reload_mu);
+}
+
+/* An explicit reload (SIGHUP): read the file now, even when it looks unchanged; the
+ * content hash still spares a table swap when nothing changed. */
+static int static_reload(void *state)
+{
+    static_state *st = state;
+    pthread_mutex_lock(&st->reload_mu);
+    st->sig_racy = true;
+    int r = check_file(st);
+    atomic_store(&st->last_check_ms, mono_ms());
+    pthread_mutex_unlock(&st->reload_mu);
+    return r;
 }
 
 static int param_error(dph_error *err, const dph_param *p, int r, const char *fmt, ...)
@@ -412,6 +426,7 @@ static const dph_ops static_ops = {
     .fini = static_fini,
     .lookup = static_lookup,
     .authorized_keys = static_authorized_keys,
+    .reload = static_reload,
 };
 
 DPH_EXPORT const dph_ops *dynproxy_hook_entry(uint32_t host_abi_version)

@@ -249,6 +249,17 @@ def test_running(tmp, port, routes_path, routes2_path):
         r = keep.ask("WHOAMI")
         check(r.startswith("CLIENT "), "a connection opened before the reload keeps working", r)
 
+        # Same configuration, edited routes file: SIGHUP alone makes the hook re-read it.
+        routes(routes2_path, "web1")
+        mark = len(d.log())
+        d.signal(signal.SIGHUP)
+        check(d.wait_log("routes reloaded", 5, after=mark), "SIGHUP re-reads the routes file",
+              dpenv.tail(d.logfile))
+        c = Client(port)
+        r = c.ask("LOOKUP ssh alice")
+        check(" web1 " in r, "the edited route is served right after SIGHUP", r)
+        c.close()
+
         mark = len(d.log())
         good_text = open(conf).read()
         write(conf, good_text + "\ncolour = \"blue\";\n")
@@ -262,7 +273,7 @@ def test_running(tmp, port, routes_path, routes2_path):
               "a reload naming a missing hook is refused", dpenv.tail(d.logfile))
         c = Client(port)
         r = c.ask("LOOKUP ssh alice")
-        check(" web2 " in r, "the running configuration keeps serving after refused reloads", r)
+        check(" web1 " in r, "the running configuration keeps serving after refused reloads", r)
         c.close()
 
         # Port conflict: a second instance cannot take a port held without SO_REUSEPORT.
