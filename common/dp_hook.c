@@ -414,10 +414,13 @@ static void call_after_cb(uv_work_t *w, int status)
     if (c->keys_truncated && c->status == 0)
         dp_log_warn("hook %s: user %s has more than %zu keys; the rest are ignored",
                     c->hook->name, c->user, c->max_keys);
+    /* -EAGAIN is the hook failing fast during an outage it has already logged once: one
+     * warning per login would flood the log exactly when it matters. */
     if (c->status != 0 && c->status != -ECANCELED && !c->delivered)
-        dp_log_warn("hook %s: %s for user %s failed: %s", c->hook->name,
-                    c->kind == CALL_LOOKUP ? "lookup" : "authorized_keys", c->user,
-                    strerror(-c->status));
+        dp_log_msg(c->status == -EAGAIN ? DP_LOG_DEBUG : DP_LOG_WARN, __func__, NULL,
+                   "hook %s: %s for user %s failed: %s", c->hook->name,
+                   c->kind == CALL_LOOKUP ? "lookup" : "authorized_keys", c->user,
+                   strerror(-c->status));
     call_deliver(c, c->status);
     call_maybe_finish(c);
 }
@@ -460,6 +463,9 @@ static int call_start(dp_hook_call *c, uv_loop_t *loop, int timeout_ms, dp_hook_
         call_free(c);
         return rc;
     }
+    /* Timers count from the loop's cached clock, which is stale after any blocking stretch
+     * (a long callback, a synchronous start-up step): refresh it or the deadline fires early. */
+    uv_update_time(loop);
     uv_timer_start(&c->timer, call_timer_cb, (uint64_t)(timeout_ms > 0 ? timeout_ms : 1), 0);
     if (out != NULL)
         *out = c;
