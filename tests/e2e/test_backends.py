@@ -16,28 +16,15 @@ import os
 import secrets
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from backends import Backend, _pids_in_ns  # noqa: E402
+from checks import Checks  # noqa: E402
 from pg import PgServer, sql_literal  # noqa: E402
 from users import create_user, delete_user, make_keypair  # noqa: E402
 
-PASSED = 0
-FAILED = 0
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok - %s" % what)
-    else:
-        FAILED += 1
-        print("FAIL - %s%s" % (what, (": " + str(detail).strip()) if detail else ""))
-    sys.stdout.flush()
-    return cond
+check = Checks()
 
 
 def ftp_get(port, user, password, path):
@@ -237,7 +224,7 @@ def main():
         pg.start()
         check(pg.psql("SELECT 1").strip() == "1", "PostgreSQL restarts on the same port")
     except Exception:   # noqa: BLE001 - any harness error is a failed test, never a crash
-        check(False, "harness error", traceback.format_exc())
+        check.harness_error()
     finally:
         for be in bes:
             try:
@@ -256,8 +243,7 @@ def main():
                 check(False, "cleanup: destroy PostgreSQL", e)
         dpenv.rmtree(tmp)
     dpenv.log("test_backends took %.1fs", time.monotonic() - t0)
-    print("%d passed, %d failed" % (PASSED, FAILED))
-    return 1 if FAILED else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import threading
 
 from dpenv import BUILD_DIR, SOURCE_DIR, HarnessError, free_port, log, make_tempdir, rmtree, tail
+from checks import Checks
 from pg import PgServer
 
 PROGRAM_TIMEOUT = 300  # seconds for the C program, all sections together
@@ -46,21 +47,6 @@ INSERT INTO dynproxy.authorized_keys (username, key) VALUES
 """
 
 
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = []
-
-    def check(self, ok, what):
-        n = self.passed + len(self.failed) + 1
-        print("%s %d %s" % ("ok" if ok else "FAIL", n, what), flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed.append(what)
-        return ok
-
-
 def sql_error(pg, sql):
     """The psql error text of a statement expected to fail ('' if it succeeded)."""
     try:
@@ -75,9 +61,9 @@ def check_schema(pg, c):
     try:
         pg.load_file(schema)
         pg.load_file(schema)
-        c.check(True, "deploy/sql/schema.sql loads twice (idempotent)")
+        c(True, "deploy/sql/schema.sql loads twice (idempotent)")
     except HarnessError as e:
-        c.check(False, "deploy/sql/schema.sql loads twice: %s" % e)
+        c(False, "deploy/sql/schema.sql loads twice: %s" % e)
         return False
     counts = pg.psql(
         "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'dynproxy'),"
@@ -86,13 +72,13 @@ def check_schema(pg, c):
         "   WHERE n.nspname = 'dynproxy' AND NOT t.tgisinternal),"
         " (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
         "   WHERE n.nspname = 'dynproxy')").strip()
-    c.check(counts == "3|3|5",
+    c(counts == "3|3|5",
             "schema objects after two loads: tables|triggers|functions = %s (want 3|3|5)" % counts)
     pg.psql(SEED)
     e = sql_error(pg, "SELECT dynproxy.move_user('nobody', 'web1')")
-    c.check('unknown user "nobody"' in e, "move_user names an unknown user")
+    c('unknown user "nobody"' in e, "move_user names an unknown user")
     e = sql_error(pg, "SELECT dynproxy.move_user('alice', 'web9')")
-    c.check('unknown backend "web9"' in e, "move_user names an unknown backend")
+    c('unknown backend "web9"' in e, "move_user names an unknown backend")
     return True
 
 
@@ -101,11 +87,11 @@ def check_exports(hook, c):
         r = subprocess.run(["nm", "-D", "--defined-only", hook], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, timeout=30, check=False)
     except OSError as e:
-        c.check(False, "nm %s: %s" % (hook, e))
+        c(False, "nm %s: %s" % (hook, e))
         return
     syms = sorted(line.split()[-1] for line in r.stdout.splitlines()
                   if len(line.split()) == 3 and line.split()[1] in "TtDdBbRrVvWwi")
-    c.check(r.returncode == 0 and syms == ["dynproxy_hook_entry"],
+    c(r.returncode == 0 and syms == ["dynproxy_hook_entry"],
             "pgsql.so exports only dynproxy_hook_entry (%s)" % ", ".join(syms))
 
 
@@ -121,7 +107,7 @@ def run_program(prog, args, c):
             line = line.rstrip("\n")
             words = line.split(" ", 2)
             if len(words) == 3 and words[0] in ("ok", "FAIL") and words[1].isdigit():
-                c.check(words[0] == "ok", "[c] " + words[2])
+                c(words[0] == "ok", "[c] " + words[2])
             elif line.endswith(" failed") and " passed, " in line:
                 summary = line
             else:
@@ -129,7 +115,7 @@ def run_program(prog, args, c):
         rc = p.wait()
     finally:
         timer.cancel()
-    c.check(rc == 0 and summary is not None,
+    c(rc == 0 and summary is not None,
             "e2e_pgsql_hook exited %d (%s)" % (rc, summary or "no summary line: crashed?"))
 
 
@@ -160,7 +146,7 @@ def main():
                                "--hook", hook], c)
         ok = not c.failed
     except HarnessError as e:
-        c.check(False, "harness: %s" % e)
+        c(False, "harness: %s" % e)
     finally:
         if not ok:
             sys.stderr.write("--- %s (tail) ---\n%s\n" % (pg.logfile, tail(pg.logfile, 40)))
@@ -171,10 +157,7 @@ def main():
         pg.destroy()
         rmtree(tmp)
 
-    for what in c.failed:
-        print("failed: %s" % what)
-    print("%d passed, %d failed" % (c.passed, len(c.failed)), flush=True)
-    return 0 if not c.failed else 1
+    return c.finish()
 
 
 if __name__ == "__main__":

@@ -6,28 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dp_test_hook.h"
 #include "dp_test_util.h"
 #include "dynproxy_hook.h"
-
-static int log_lines;
-
-__attribute__((format(printf, 3, 4))) static void th_log(void *ctx, dph_log_level level,
-                                                         const char *fmt, ...)
-{
-    log_lines++;
-}
-
-static void th_invalidate(void *ctx, const char *user) {}
-
-static void th_invalidate_all(void *ctx) {}
-
-static const dph_host host = {
-    .abi_version = DPH_ABI_VERSION,
-    .struct_size = sizeof(dph_host),
-    .log = th_log,
-    .invalidate = th_invalidate,
-    .invalidate_all = th_invalidate_all,
-};
 
 #define THREE "web1=127.0.0.1:2201:2101,web2=127.0.0.2:2202:2102,web3=::1:2203:2103"
 
@@ -38,15 +19,10 @@ static dph_error err;
 
 static void setup(void)
 {
-    dl = dlopen(DP_BUILD_HOOKDIR "/example.so", RTLD_NOW | RTLD_LOCAL);
-    ck_assert_msg(dl != NULL, "dlopen: %s", dlerror());
-    dph_entry_fn entry = (dph_entry_fn)dlsym(dl, DPH_ENTRY_SYMBOL);
-    ck_assert_ptr_nonnull(entry);
-    ops = entry(DPH_ABI_VERSION);
-    ck_assert_ptr_nonnull(ops);
+    dp_test_host_reset();
+    ops = dp_test_hook_open(DP_BUILD_HOOKDIR "/example.so", &dl);
     state = NULL;
     memset(&err, 0, sizeof err);
-    log_lines = 0;
 }
 
 static void teardown(void)
@@ -60,26 +36,17 @@ static void teardown(void)
 static int init_with(const char *backends, const char *deny)
 {
     dph_param p[3] = {{"backends", backends}, {deny ? "deny" : NULL, deny}, {NULL, NULL}};
-    return ops->init(&state, &host, p, &err);
+    return ops->init(&state, &dp_test_host, p, &err);
 }
 
 static int lookup(const char *user, dph_route *route)
 {
-    dph_lookup_req req = {.struct_size = sizeof req,
-                          .user = user,
-                          .client_ip = "192.0.2.1",
-                          .proto = DPH_PROTO_FTP,
-                          .timeout_ms = 1000};
-    memset(route, 0, sizeof *route);
-    route->struct_size = sizeof *route;
-    return ops->lookup(state, &req, route);
+    return dp_test_hook_lookup(ops, state, user, DPH_PROTO_FTP, route);
 }
 
 static const char *backend_of(const char *user)
 {
-    static dph_route r;
-    ck_assert_int_eq(lookup(user, &r), 0);
-    return r.status == DPH_ROUTE_OK ? r.backend : "";
+    return dp_test_hook_backend_of(ops, state, user, DPH_PROTO_FTP);
 }
 
 START_TEST(entry_and_ops)
@@ -100,7 +67,7 @@ START_TEST(route_fields)
 {
     dph_route r;
     ck_assert_int_eq(init_with(THREE, NULL), 0);
-    ck_assert_int_eq(log_lines, 1);
+    ck_assert_int_eq(dp_th.logs[0] + dp_th.logs[1] + dp_th.logs[2] + dp_th.logs[3], 1);
     /* FNV-1a("alice") = 0x872213e7, % 3 = 2: the third backend, an IPv6 address. */
     ck_assert_int_eq(lookup("alice", &r), 0);
     ck_assert_int_eq(r.status, DPH_ROUTE_OK);
@@ -179,7 +146,7 @@ static void expect_bad(const char *backends, const char *deny, const char *bad_k
     if (!deny)
         p[1] = (dph_param){NULL, NULL};
     err.key = "unset";
-    ck_assert_int_eq(ops->init(&state, &host, p, &err), -EINVAL);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, p, &err), -EINVAL);
     ck_assert_ptr_null(state);
     ck_assert_msg(err.msg[0] != '\0', "no message");
     if (bad_key)
@@ -220,11 +187,11 @@ START_TEST(bad_params)
 {
     dph_param none[] = {{NULL, NULL}};
     err.key = "unset";
-    ck_assert_int_eq(ops->init(&state, &host, none, &err), -EINVAL); /* backends required */
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, none, &err), -EINVAL); /* backends required */
     ck_assert_ptr_null(err.key);
 
     dph_param typo[] = {{"backends", THREE}, {"denny", "root"}, {NULL, NULL}};
-    ck_assert_int_eq(ops->init(&state, &host, typo, &err), -EINVAL);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, typo, &err), -EINVAL);
     ck_assert_ptr_eq(err.key, typo[1].key);
 
     char longdeny[1100];

@@ -13,67 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dp_test_hook.h"
 #include "dp_test_util.h"
 #include "dynproxy_hook.h"
 
 #define HOSTKEY "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
-
-/* ---- a tiny host: counts what the hook calls back ---- */
-
-static struct {
-    pthread_mutex_t mu;
-    int logs[4];
-    char errors[4096]; /* error and warn lines, appended */
-    int invalidate_all;
-    int invalidate;
-} th = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-__attribute__((format(printf, 3, 4))) static void th_log(void *ctx, dph_log_level level,
-                                                         const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&th.mu);
-    th.logs[level]++;
-    if (level <= DPH_LOG_WARN) {
-        size_t n = strlen(th.errors);
-        snprintf(th.errors + n, sizeof th.errors - n, "%s\n", line);
-    }
-    pthread_mutex_unlock(&th.mu);
-}
-
-static void th_invalidate(void *ctx, const char *user)
-{
-    pthread_mutex_lock(&th.mu);
-    th.invalidate++;
-    pthread_mutex_unlock(&th.mu);
-}
-
-static void th_invalidate_all(void *ctx)
-{
-    pthread_mutex_lock(&th.mu);
-    th.invalidate_all++;
-    pthread_mutex_unlock(&th.mu);
-}
-
-static int invalidations(void)
-{
-    pthread_mutex_lock(&th.mu);
-    int n = th.invalidate_all;
-    pthread_mutex_unlock(&th.mu);
-    return n;
-}
-
-static const dph_host host = {
-    .abi_version = DPH_ABI_VERSION,
-    .struct_size = sizeof(dph_host),
-    .log = th_log,
-    .invalidate = th_invalidate,
-    .invalidate_all = th_invalidate_all,
-};
 
 /* ---- loading ---- */
 
@@ -85,15 +29,8 @@ static dph_param params[4];
 
 static void setup(void)
 {
-    memset(th.logs, 0, sizeof th.logs);
-    th.errors[0] = '\0';
-    th.invalidate_all = th.invalidate = 0;
-    dl = dlopen(DP_BUILD_HOOKDIR "/static.so", RTLD_NOW | RTLD_LOCAL);
-    ck_assert_msg(dl != NULL, "dlopen: %s", dlerror());
-    dph_entry_fn entry = (dph_entry_fn)dlsym(dl, DPH_ENTRY_SYMBOL);
-    ck_assert_ptr_nonnull(entry);
-    ops = entry(DPH_ABI_VERSION);
-    ck_assert_ptr_nonnull(ops);
+    dp_test_host_reset();
+    ops = dp_test_hook_open(DP_BUILD_HOOKDIR "/static.so", &dl);
     state = NULL;
     memset(&err, 0, sizeof err);
 }
@@ -113,27 +50,17 @@ static int init_with(const char *path, const char *reload_ms)
     params[0] = (dph_param){"routes", path};
     if (reload_ms)
         params[1] = (dph_param){"reload_check_ms", reload_ms};
-    return ops->init(&state, &host, params, &err);
+    return ops->init(&state, &dp_test_host, params, &err);
 }
 
 static int lookup(const char *user, dph_route *route)
 {
-    dph_lookup_req req = {.struct_size = sizeof req,
-                          .user = user,
-                          .client_ip = "192.0.2.1",
-                          .proto = DPH_PROTO_SSH,
-                          .timeout_ms = 1000};
-    memset(route, 0, sizeof *route);
-    route->struct_size = sizeof *route;
-    return ops->lookup(state, &req, route);
+    return dp_test_hook_lookup(ops, state, user, DPH_PROTO_SSH, route);
 }
 
-/* Backend name user's lookup lands on ("" when not OK). Static buffer. */
 static const char *backend_of(const char *user)
 {
-    static dph_route r;
-    ck_assert_int_eq(lookup(user, &r), 0);
-    return r.status == DPH_ROUTE_OK ? r.backend : "";
+    return dp_test_hook_backend_of(ops, state, user, DPH_PROTO_SSH);
 }
 
 typedef struct keys {
@@ -214,7 +141,7 @@ START_TEST(good_file)
 {
     dph_route r;
     ck_assert_int_eq(init_with(write_routes(good, 100), NULL), 0);
-    ck_assert_int_eq(th.logs[DPH_LOG_INFO], 1); /* "routes loaded ..." */
+    ck_assert_int_eq(dp_th.logs[DPH_LOG_INFO], 1); /* "routes loaded ..." */
 
     ck_assert_int_eq(lookup("alice", &r), 0);
     ck_assert_int_eq(r.status, DPH_ROUTE_OK);
@@ -558,7 +485,7 @@ START_TEST(bad_params)
 {
     const char *path = write_routes(good, 100);
     dph_param p[3] = {{"routes", path}, {"reload_check_ms", "soon"}, {NULL, NULL}};
-    ck_assert_int_eq(ops->init(&state, &host, p, &err), -EINVAL);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, p, &err), -EINVAL);
     ck_assert_ptr_eq(err.key, p[1].key);
     ck_assert_ptr_null(state);
 
@@ -566,22 +493,22 @@ START_TEST(bad_params)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         p[1].value = bad[i];
         err.key = NULL;
-        ck_assert_int_eq(ops->init(&state, &host, p, &err), -EINVAL);
+        ck_assert_int_eq(ops->init(&state, &dp_test_host, p, &err), -EINVAL);
         ck_assert_ptr_eq(err.key, p[1].key);
     }
     p[1].value = "3600000";
-    ck_assert_int_eq(ops->init(&state, &host, p, &err), 0);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, p, &err), 0);
     ops->fini(state);
     state = NULL;
 
     p[1] = (dph_param){"route", path}; /* typo: unknown */
-    ck_assert_int_eq(ops->init(&state, &host, p, &err), -EINVAL);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, p, &err), -EINVAL);
     ck_assert_ptr_eq(err.key, p[1].key);
     ck_assert_msg(strstr(err.msg, "unknown parameter"), "%s", err.msg);
 
     dph_param none[1] = {{NULL, NULL}};
     err.key = "x";
-    ck_assert_int_eq(ops->init(&state, &host, none, &err), -EINVAL);
+    ck_assert_int_eq(ops->init(&state, &dp_test_host, none, &err), -EINVAL);
     ck_assert_ptr_null(err.key);
     ck_assert_msg(strstr(err.msg, "routes"), "%s", err.msg);
 }
@@ -605,11 +532,11 @@ START_TEST(reload_on_change)
     sleep_ms(150);
     ck_assert_str_eq(backend_of("alice"), "web2");
     ck_assert_str_eq(backend_of("bob"), "web1");
-    ck_assert_int_eq(invalidations(), 1);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 1);
     sleep_ms(150); /* nothing changed since: no second reload */
     ck_assert_str_eq(backend_of("alice"), "web2");
-    ck_assert_int_eq(invalidations(), 1);
-    ck_assert_int_eq(th.logs[DPH_LOG_ERROR], 0);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 1);
+    ck_assert_int_eq(dp_th.logs[DPH_LOG_ERROR], 0);
 }
 END_TEST
 
@@ -619,7 +546,7 @@ START_TEST(reload_waits_for_interval)
     write_routes(v2, 50);
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web1"); /* next check only after a minute */
-    ck_assert_int_eq(invalidations(), 0);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 0);
 }
 END_TEST
 
@@ -629,7 +556,7 @@ START_TEST(reload_never)
     write_routes(v2, 50);
     sleep_ms(50);
     ck_assert_str_eq(backend_of("alice"), "web1");
-    ck_assert_int_eq(invalidations(), 0);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 0);
 }
 END_TEST
 
@@ -639,7 +566,7 @@ START_TEST(reload_touch_keeps_cache)
     write_routes(v1, 10); /* same content, new mtime */
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web1");
-    ck_assert_int_eq(invalidations(), 0);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 0);
 }
 END_TEST
 
@@ -657,7 +584,7 @@ START_TEST(reload_same_mtime_and_size)
     ck_assert_int_eq(utimensat(AT_FDCWD, path, ts, 0), 0);
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web2");
-    ck_assert_int_eq(invalidations(), 1);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 1);
 }
 END_TEST
 
@@ -672,19 +599,19 @@ START_TEST(reload_failure_keeps_table)
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web1"); /* old table */
     ck_assert_str_eq(backend_of("bob"), "web1");
-    ck_assert_int_eq(invalidations(), 0);
-    ck_assert_int_eq(th.logs[DPH_LOG_ERROR], 1);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 0);
+    ck_assert_int_eq(dp_th.logs[DPH_LOG_ERROR], 1);
     snprintf(where, sizeof where, "%s:3: ", path);
-    ck_assert_msg(strstr(th.errors, where) && strstr(th.errors, "unknown backend"), "%s",
-                  th.errors);
+    ck_assert_msg(strstr(dp_th.errors, where) && strstr(dp_th.errors, "unknown backend"), "%s",
+                  dp_th.errors);
     sleep_ms(100); /* the same bad file is reported once */
     ck_assert_str_eq(backend_of("alice"), "web1");
-    ck_assert_int_eq(th.logs[DPH_LOG_ERROR], 1);
+    ck_assert_int_eq(dp_th.logs[DPH_LOG_ERROR], 1);
 
     write_routes(v2, 40); /* fixed: picked up */
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web2");
-    ck_assert_int_eq(invalidations(), 1);
+    ck_assert_int_eq(dp_test_host_invalidate_all_count(), 1);
 }
 END_TEST
 
@@ -697,7 +624,7 @@ START_TEST(reload_file_removed)
     ck_assert_str_eq(backend_of("alice"), "web1");
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web1");
-    ck_assert_int_eq(th.logs[DPH_LOG_WARN], 1); /* warned once */
+    ck_assert_int_eq(dp_th.logs[DPH_LOG_WARN], 1); /* warned once */
     write_routes(v2, 40);
     sleep_ms(100);
     ck_assert_str_eq(backend_of("alice"), "web2");
@@ -737,7 +664,7 @@ START_TEST(concurrent_lookups_during_reloads)
         pthread_join(t[i], &bad);
         ck_assert_int_eq((long)bad, 0);
     }
-    ck_assert_int_ge(invalidations(), 2);
+    ck_assert_int_ge(dp_test_host_invalidate_all_count(), 2);
 }
 END_TEST
 
