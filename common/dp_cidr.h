@@ -8,9 +8,9 @@
 #include <sys/socket.h>
 
 typedef struct dp_cidr {
-    int family;        /* AF_INET or AF_INET6 */
-    uint8_t addr[16];  /* network address, host bits cleared */
-    unsigned prefix;   /* 0..32 or 0..128 */
+    int family;       /* AF_INET or AF_INET6 */
+    uint8_t addr[16]; /* network address, host bits cleared */
+    unsigned prefix;  /* 0..32 or 0..128 */
 } dp_cidr;
 
 /* Parse "10.0.0.0/8", "192.0.2.1" (= /32), "::1", "2001:db8::/32". Host bits set beyond the

@@ -36,8 +36,8 @@ static void err_add(errbuf *e, int line, const char *key, const char *fmt, ...)
         return;
     int n;
     if (line > 0)
-        n = snprintf(e->buf + e->pos, e->len - e->pos, "%s%s:%d: %s: ", e->pos ? "\n" : "",
-                     e->file, line, key);
+        n = snprintf(e->buf + e->pos, e->len - e->pos, "%s%s:%d: %s: ", e->pos ? "\n" : "", e->file,
+                     line, key);
     else
         n = snprintf(e->buf + e->pos, e->len - e->pos, "%s%s: %s: ", e->pos ? "\n" : "", e->file,
                      key);
@@ -235,7 +235,8 @@ static int store_text(void *base, const dp_conf_entry *ent, const char *text, ch
         if (copy == NULL)
             return -1;
         char *save = NULL;
-        for (char *tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        for (char *tok = strtok_r(copy, ",", &save); tok != NULL;
+             tok = strtok_r(NULL, ",", &save)) {
             char **nv = realloc(l->v, (l->n + 1) * sizeof *nv);
             if (nv == NULL) {
                 free(copy);
@@ -354,8 +355,8 @@ static void load_params(config_setting_t *grp, const char *path, void *base,
     }
 }
 
-static void load_value(config_setting_t *s, const char *path, void *base,
-                       const dp_conf_entry *ent, errbuf *e)
+static void load_value(config_setting_t *s, const char *path, void *base, const dp_conf_entry *ent,
+                       errbuf *e)
 {
     int line = (int)config_setting_source_line(s);
     int ltype = config_setting_type(s);

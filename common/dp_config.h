@@ -41,17 +41,17 @@ typedef struct dp_conf_params {
 } dp_conf_params;
 
 typedef struct dp_conf_entry {
-    const char *path;  /* dotted path: "hook.timeout_ms" */
+    const char *path; /* dotted path: "hook.timeout_ms" */
     dp_conf_type type;
-    size_t offset;     /* where the value lives in the config struct */
-    const char *def;   /* default as text; NULL = zero/NULL/empty */
-    long long min;     /* INT: lower bound */
-    long long max;     /* INT: upper bound; STRING: max length; STRLIST: max items (0 = none) */
-    unsigned flags;    /* DP_CONF_* */
+    size_t offset;   /* where the value lives in the config struct */
+    const char *def; /* default as text; NULL = zero/NULL/empty */
+    long long min;   /* INT: lower bound */
+    long long max;   /* INT: upper bound; STRING: max length; STRLIST: max items (0 = none) */
+    unsigned flags;  /* DP_CONF_* */
     const char *const *choices; /* ENUM: NULL-terminated names */
     /* Extra check on the stored value (points at the field). Return 0, or -1 with err set. */
     int (*check)(const void *value, char *err, size_t errlen);
-    const char *help;  /* one line, for docs and -T */
+    const char *help; /* one line, for docs and -T */
 } dp_conf_entry;
 
 typedef struct dp_conf_table {

@@ -72,8 +72,8 @@ static const dp_conf_entry common_entries[] = {
      check_cidrs, "load balancer addresses/CIDRs a PROXY header is accepted from"},
     {"proxy_protocol.timeout_ms", DP_CONF_INT, OFF(proxy_timeout_ms), "3000", 10, 60000, 0, NULL,
      NULL, "deadline for the PROXY header"},
-    {"proxy_protocol.max_header", DP_CONF_INT, OFF(proxy_max_header), "1024", 107, 4096, 0,
-     NULL, NULL, "largest PROXY v2 header accepted (TLVs included)"},
+    {"proxy_protocol.max_header", DP_CONF_INT, OFF(proxy_max_header), "1024", 107, 4096, 0, NULL,
+     NULL, "largest PROXY v2 header accepted (TLVs included)"},
     {"hook.path", DP_CONF_STRING, OFF(hook_path), "static.so", 0, 4096, R, NULL, NULL,
      "routing hook .so (a bare name is looked up in the hook directory)"},
     {"hook.timeout_ms", DP_CONF_INT, OFF(hook_timeout_ms), "2000", 10, 60000, R, NULL, NULL,
@@ -82,12 +82,12 @@ static const dp_conf_entry common_entries[] = {
      "threads running hook calls (libuv threadpool size)"},
     {"hook.cache_ttl_ms", DP_CONF_INT, OFF(cache_ttl_ms), "30000", 0, 86400000, R, NULL, NULL,
      "how long a route is cached"},
-    {"hook.negative_ttl_ms", DP_CONF_INT, OFF(cache_negative_ttl_ms), "5000", 0, 86400000, R,
-     NULL, NULL, "how long an unknown-user answer is cached"},
+    {"hook.negative_ttl_ms", DP_CONF_INT, OFF(cache_negative_ttl_ms), "5000", 0, 86400000, R, NULL,
+     NULL, "how long an unknown-user answer is cached"},
     {"hook.stale_ms", DP_CONF_INT, OFF(cache_stale_ms), "300000", 0, 86400000, R, NULL, NULL,
      "how long past its ttl a route is still served when the hook fails"},
-    {"hook.cache_max_entries", DP_CONF_INT, OFF(cache_max_entries), "100000", 1, 100000000, R,
-     NULL, NULL, "route cache size per worker"},
+    {"hook.cache_max_entries", DP_CONF_INT, OFF(cache_max_entries), "100000", 1, 100000000, R, NULL,
+     NULL, "route cache size per worker"},
     {"hook.config", DP_CONF_PARAMS, OFF(hook_params), NULL, 0, 0, R, NULL, NULL,
      "the hook's own settings (see the hook's documentation)"},
 };
@@ -125,8 +125,8 @@ struct dp_daemon {
     uv_async_t retire_async;
     uv_timer_t retire_timer;
     pthread_mutex_t retire_lock;
-    generation *retired;    /* released by workers, to free on the main thread */
-    hook_ref **dead_hooks;  /* hooks waiting for their calls to drain */
+    generation *retired;   /* released by workers, to free on the main thread */
+    hook_ref **dead_hooks; /* hooks waiting for their calls to drain */
     size_t ndead_hooks;
     bool stopping;
 };
@@ -285,8 +285,8 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
         } else {
             char why[1024];
             const char *key = NULL;
-            rc = dp_hook_load(&g->hook->hook, c->hook_path, c->hook_params.v, why, sizeof why,
-                              &key);
+            rc =
+                dp_hook_load(&g->hook->hook, c->hook_path, c->hook_params.v, why, sizeof why, &key);
             if (rc != 0) {
                 hook_error(g, key, why, err, errlen);
                 free(g->hook);
@@ -511,8 +511,7 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
             test_only = dump = true;
             break;
         case 'V':
-            printf("%s %s (hook ABI %u.%u)\n", def->name, DP_VERSION, DPH_ABI_MAJOR,
-                   DPH_ABI_MINOR);
+            printf("%s %s (hook ABI %u.%u)\n", def->name, DP_VERSION, DPH_ABI_MAJOR, DPH_ABI_MINOR);
             return 0;
         case 'h':
             usage(def, stdout);

@@ -53,7 +53,7 @@ typedef struct dp_daemon_def {
     size_t conf_size;           /* sizeof its config struct (>= sizeof(dp_daemon_conf)) */
     /* Cross-key validation after loading. Return 0, or -1 with err set. */
     int (*check)(const void *conf, const dp_conf_src *src, char *err, size_t errlen);
-    const dp_worker_ops *ops;   /* accept etc.; dp_daemon_worker_cache() is ready in start */
+    const dp_worker_ops *ops; /* accept etc.; dp_daemon_worker_cache() is ready in start */
 } dp_daemon_def;
 
 /* Run the daemon; returns the process exit status (0 ok, 1 config error, 2 usage, 3 runtime). */

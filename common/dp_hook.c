@@ -115,8 +115,8 @@ static void free_partial(dp_hook *hook)
     free(hook);
 }
 
-int dp_hook_load(dp_hook **out, const char *path, const dph_param *params, char *err,
-                 size_t errlen, const char **err_key)
+int dp_hook_load(dp_hook **out, const char *path, const dph_param *params, char *err, size_t errlen,
+                 const char **err_key)
 {
     static const dph_param no_params[] = {{NULL, NULL}};
     if (err_key != NULL)
@@ -239,7 +239,7 @@ unsigned dp_hook_calls_in_flight(const dp_hook *hook)
 }
 
 /* Optional ops exist only when the hook's struct is large enough to hold them. */
-#define HOOK_HAS_OP(ops, field)                                                                   \
+#define HOOK_HAS_OP(ops, field)                                                                    \
     ((ops)->struct_size >= offsetof(dph_ops, field) + sizeof((ops)->field) && (ops)->field != NULL)
 
 int dp_hook_reload(dp_hook *hook)
@@ -412,8 +412,8 @@ static void call_after_cb(uv_work_t *w, int status)
     if (status == UV_ECANCELED)
         c->status = -ECANCELED;
     if (c->keys_truncated && c->status == 0)
-        dp_log_warn("hook %s: user %s has more than %zu keys; the rest are ignored",
-                    c->hook->name, c->user, c->max_keys);
+        dp_log_warn("hook %s: user %s has more than %zu keys; the rest are ignored", c->hook->name,
+                    c->user, c->max_keys);
     /* -EAGAIN is the hook failing fast during an outage it has already logged once: one
      * warning per login would flood the log exactly when it matters. */
     if (c->status != 0 && c->status != -ECANCELED && !c->delivered)

@@ -30,8 +30,8 @@ typedef void (*dp_hook_invalidate_fn)(void *arg, const char *user);
  *   -EPROTO  wrong ABI major, struct too small, NULL entry result, or required op missing
  *   other    the hook's init refused: *err_key is set to the offending param key (or NULL)
  */
-int dp_hook_load(dp_hook **out, const char *path, const dph_param *params, char *err,
-                 size_t errlen, const char **err_key);
+int dp_hook_load(dp_hook **out, const char *path, const dph_param *params, char *err, size_t errlen,
+                 const char **err_key);
 
 /* fini + dlclose. NULL is a no-op. No call may be in flight (callers drain first). */
 void dp_hook_free(dp_hook *hook);

@@ -106,8 +106,8 @@ static size_t line_head(char *buf, size_t len, dp_log_level level)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(buf, len, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s daemon=%s",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, dp_log_level_name(level), log_daemon);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, dp_log_level_name(level), log_daemon);
     return n < 0 ? 0 : ((size_t)n < len ? (size_t)n : len - 1);
 }
 

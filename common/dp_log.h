@@ -2,7 +2,8 @@
  * dp_log.h - logfmt logging: one line per event on stderr (journald adds the timestamp when
  * run by systemd; we add ts= anyway so plain files and tests read the same).
  *
- *   ts=2026-11-25T17:40:00.123Z level=info daemon=sshproxy func=sshp_auth_done sid=7f3a user=alice msg="backend login ok"
+ *   ts=2026-11-25T17:40:00.123Z level=info daemon=sshproxy func=sshp_auth_done sid=7f3a user=alice
+ * msg="backend login ok"
  *
  * Every line names the function (`func=`), as OpenSSH's error_f does, and a session's lines carry
  * the session's prefix (`sid=... user=... client=...`), as pgbouncer's slog_* do.

@@ -15,13 +15,13 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#define DP_PROXY_V1_MAX 107      /* longest v1 line including CRLF (spec section 2.1) */
-#define DP_PROXY_V2_FIXED 16     /* signature + ver/cmd + family + length */
+#define DP_PROXY_V1_MAX 107       /* longest v1 line including CRLF (spec section 2.1) */
+#define DP_PROXY_V2_FIXED 16      /* signature + ver/cmd + family + length */
 #define DP_PROXY_DEFAULT_MAX 1024 /* default cap on a whole v2 header including TLVs */
 
 typedef struct dp_proxy_info {
-    int version;  /* 1 or 2 */
-    bool local;   /* v2 LOCAL command or v1 "UNKNOWN": keep the socket's real addresses */
+    int version; /* 1 or 2 */
+    bool local;  /* v2 LOCAL command or v1 "UNKNOWN": keep the socket's real addresses */
     struct sockaddr_storage src; /* original client, valid when !local */
     struct sockaddr_storage dst; /* address the client connected to, valid when !local */
     socklen_t src_len;

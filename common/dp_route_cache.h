@@ -42,8 +42,8 @@ typedef enum dp_cache_result {
 
 typedef struct dp_route_lookup dp_route_lookup;
 
-/* `route` points at lk->route (valid until the lookup is reused). Called on the cache's loop, never synchronously
- * from dp_route_cache_lookup. route->status is always set (TEMPFAIL on failure). */
+/* `route` points at lk->route (valid until the lookup is reused). Called on the cache's loop, never
+ * synchronously from dp_route_cache_lookup. route->status is always set (TEMPFAIL on failure). */
 typedef void (*dp_route_cb)(dp_route_lookup *lk, const dph_route *route, dp_cache_result how);
 
 /* Caller-owned lookup; must stay valid until its callback ran or it was cancelled. */

@@ -56,7 +56,7 @@ struct dp_worker {
     pending *pendings;
     void *data;
     bool started, stopping, paused;
-    bool async_closed; /* under lock: no uv_async_send after uv_close */
+    bool async_closed;    /* under lock: no uv_async_send after uv_close */
     pthread_mutex_t lock; /* guards posts */
     posted *posts;
     posted **posts_tail;
@@ -275,8 +275,7 @@ static void on_listen_ready(uv_poll_t *h, int status, int events)
         if (errno == EINTR || errno == ECONNABORTED)
             continue;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-            dp_log_error("accept: %s; not accepting for %d ms", strerror(errno),
-                         EMFILE_PAUSE_MS);
+            dp_log_error("accept: %s; not accepting for %d ms", strerror(errno), EMFILE_PAUSE_MS);
             listeners_set(w, false);
             uv_timer_start(&w->emfile_timer, emfile_timer_cb, EMFILE_PAUSE_MS, 0);
         }

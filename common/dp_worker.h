@@ -22,9 +22,9 @@ typedef struct dp_workers dp_workers;
 
 /* One accepted connection, as the daemon receives it. */
 typedef struct dp_conn_info {
-    int fd;                        /* non-blocking, close-on-exec; owned by the daemon now */
-    struct sockaddr_storage peer;  /* the client: from the PROXY header when there was one */
-    struct sockaddr_storage local; /* the address the client connected to */
+    int fd;                            /* non-blocking, close-on-exec; owned by the daemon now */
+    struct sockaddr_storage peer;      /* the client: from the PROXY header when there was one */
+    struct sockaddr_storage local;     /* the address the client connected to */
     struct sockaddr_storage sock_peer; /* the TCP peer (the load balancer when proxied) */
     bool proxied;
 } dp_conn_info;
@@ -43,17 +43,17 @@ typedef struct dp_worker_ops {
 } dp_worker_ops;
 
 typedef struct dp_workers_opts {
-    int nworkers;                 /* >= 1 */
-    const char *const *listen;    /* "ip:port" / "[ip6]:port" / "*:port" (dual stack) */
+    int nworkers;              /* >= 1 */
+    const char *const *listen; /* "ip:port" / "[ip6]:port" / "*:port" (dual stack) */
     size_t nlisten;
     int backlog;
-    bool proxy_protocol;          /* read a PROXY header from trusted peers */
-    const dp_cidr *trusted;       /* peers a PROXY header is required from and accepted from */
+    bool proxy_protocol;    /* read a PROXY header from trusted peers */
+    const dp_cidr *trusted; /* peers a PROXY header is required from and accepted from */
     size_t ntrusted;
     int proxy_timeout_ms;
     size_t proxy_max_header;
     const dp_worker_ops *ops;
-    void *arg;                    /* dp_worker_arg() */
+    void *arg; /* dp_worker_arg() */
 } dp_workers_opts;
 
 /* Bind every socket, then start the threads. `opts` and its arrays are copied (the caller

@@ -59,10 +59,10 @@ typedef enum dph_proto {
 } dph_proto;
 
 typedef enum dph_route_status {
-    DPH_ROUTE_OK = 0,          /* route usable */
+    DPH_ROUTE_OK = 0,           /* route usable */
     DPH_ROUTE_UNKNOWN_USER = 1, /* no such user (or disabled): client sees a normal auth failure */
-    DPH_ROUTE_MAINTENANCE = 2, /* backend in maintenance: `message` is shown to the client */
-    DPH_ROUTE_TEMPFAIL = 3,    /* lookup failed for now (database down, ...): retry later */
+    DPH_ROUTE_MAINTENANCE = 2,  /* backend in maintenance: `message` is shown to the client */
+    DPH_ROUTE_TEMPFAIL = 3,     /* lookup failed for now (database down, ...): retry later */
 } dph_route_status;
 
 typedef enum dph_auth {
@@ -82,15 +82,15 @@ typedef enum dph_log_level {
 typedef struct dph_route {
     uint32_t struct_size;
     dph_route_status status;
-    char backend[DPH_NAME_MAX];        /* backend's name, for logs and proxyctl */
-    char address[DPH_ADDR_MAX];        /* numeric IPv4/IPv6 address or host name */
-    uint16_t ssh_port;                 /* 0 = 22 */
-    uint16_t ftp_port;                 /* 0 = 21 */
-    char backend_user[DPH_USER_MAX];   /* empty = same as the client's user name */
-    dph_auth auth;                     /* 0 = DPH_AUTH_PASSWORD */
-    char key_path[DPH_PATH_MAX];       /* private key file for PROXY_KEY / MAPPED_KEY */
+    char backend[DPH_NAME_MAX];           /* backend's name, for logs and proxyctl */
+    char address[DPH_ADDR_MAX];           /* numeric IPv4/IPv6 address or host name */
+    uint16_t ssh_port;                    /* 0 = 22 */
+    uint16_t ftp_port;                    /* 0 = 21 */
+    char backend_user[DPH_USER_MAX];      /* empty = same as the client's user name */
+    dph_auth auth;                        /* 0 = DPH_AUTH_PASSWORD */
+    char key_path[DPH_PATH_MAX];          /* private key file for PROXY_KEY / MAPPED_KEY */
     char hostkey_sha256[DPH_HOSTKEY_MAX]; /* "SHA256:<base64>" pin of the backend host key */
-    char message[DPH_MESSAGE_MAX];     /* shown to the client for MAINTENANCE / TEMPFAIL */
+    char message[DPH_MESSAGE_MAX];        /* shown to the client for MAINTENANCE / TEMPFAIL */
 } dph_route;
 
 /* One lookup. All pointers are valid for the duration of the call only. */
@@ -99,9 +99,9 @@ typedef struct dph_lookup_req {
     const char *user;              /* the name the client logged in with, NUL-terminated */
     const struct sockaddr *client; /* the client's address (PROXY-protocol aware) */
     socklen_t client_len;
-    const char *client_ip;         /* the same address as text */
+    const char *client_ip; /* the same address as text */
     dph_proto proto;
-    int timeout_ms;                /* the hook must answer within this */
+    int timeout_ms; /* the hook must answer within this */
 } dph_lookup_req;
 
 /* Session notifications (optional). Called after the fact; return values are ignored. */
@@ -113,8 +113,8 @@ typedef struct dph_session {
     const char *backend;
     dph_proto proto;
     int64_t started_unix_ms;
-    uint64_t bytes_in;   /* client -> backend */
-    uint64_t bytes_out;  /* backend -> client */
+    uint64_t bytes_in;      /* client -> backend */
+    uint64_t bytes_out;     /* backend -> client */
     const char *end_reason; /* NULL on start */
 } dph_session;
 

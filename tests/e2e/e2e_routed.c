@@ -132,10 +132,9 @@ static void handle_line(conn *c, char *line)
             return;
         }
         c->lk.data = c;
-        int rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->w), &c->lk, user,
-                                       (struct sockaddr *)&c->ci.peer,
-                                       strcmp(proto, "ftp") == 0 ? DPH_PROTO_FTP : DPH_PROTO_SSH,
-                                       on_route);
+        int rc = dp_route_cache_lookup(
+            dp_daemon_worker_cache(c->w), &c->lk, user, (struct sockaddr *)&c->ci.peer,
+            strcmp(proto, "ftp") == 0 ? DPH_PROTO_FTP : DPH_PROTO_SSH, on_route);
         if (rc != 0)
             reply(c, "ERR lookup: %s", strerror(-rc));
         else

@@ -123,9 +123,8 @@ END_TEST
 
 START_TEST(wrong_type)
 {
-    ck_assert_int_eq(load_text("type.conf", "listen = [\"127.0.0.1:1\"];\nworkers = \"two\";\n",
-                               NULL),
-                     -EINVAL);
+    ck_assert_int_eq(
+        load_text("type.conf", "listen = [\"127.0.0.1:1\"];\nworkers = \"two\";\n", NULL), -EINVAL);
     assert_err("type.conf", 2, "workers", "expected an integer, got a string");
     dp_conf_free(tables, &conf);
 }

@@ -54,9 +54,11 @@ static void fx_close(fixture *f)
     dp_hook_free(f->hook);
 }
 
-static const dp_route_cache_opts default_opts = {
-    .ttl_ms = 10000, .negative_ttl_ms = 10000, .stale_ms = 0, .timeout_ms = 2000,
-    .max_entries = 1000};
+static const dp_route_cache_opts default_opts = {.ttl_ms = 10000,
+                                                 .negative_ttl_ms = 10000,
+                                                 .stale_ms = 0,
+                                                 .timeout_ms = 2000,
+                                                 .max_entries = 1000};
 
 typedef struct answer {
     dp_route_lookup lk;

@@ -6,12 +6,12 @@
 #include <stdatomic.h>
 
 typedef struct testhook_control {
-    _Atomic int lookups;       /* lookup calls so far */
+    _Atomic int lookups; /* lookup calls so far */
     _Atomic int keys_calls;
-    _Atomic int delay_ms;      /* each lookup sleeps this long */
-    _Atomic int fail;          /* lookups return -EIO while set */
-    _Atomic int generation;    /* written into route.backend as "gen<N>" */
-    void *host_ctx;            /* the dph_host, to fire invalidations like a NOTIFY would */
+    _Atomic int delay_ms;   /* each lookup sleeps this long */
+    _Atomic int fail;       /* lookups return -EIO while set */
+    _Atomic int generation; /* written into route.backend as "gen<N>" */
+    void *host_ctx;         /* the dph_host, to fire invalidations like a NOTIFY would */
     const void *host;
 } testhook_control;
 
