@@ -1,0 +1,252 @@
+/*
+ * sshp.h - sshproxy's shared types: configuration, per-worker state, one proxied connection
+ * (a libssh server session facing the client + a libssh client session facing the backend)
+ * and its channel pairs.
+ *
+ * Every object here lives on one worker loop. libssh callbacks only record state (copy data
+ * into bounded staging buffers, set flags); all libssh calls that can poll happen in
+ * sshp_conn_pump(), which runs after each readiness event (libssh 0.10.6 fires callbacks
+ * inside any polling call, so doing work in callbacks would re-enter).
+ */
+#ifndef SSHP_H
+#define SSHP_H
+
+#include <libssh/callbacks.h>
+#include <libssh/libssh.h>
+#include <libssh/server.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "dp_daemon.h"
+
+/* ---- configuration (sshp_main.c) ---- */
+
+typedef struct sshp_conf {
+    dp_daemon_conf common; /* first: dp_daemon reads it */
+    dp_strlist host_keys;
+    char *proxy_key;
+    char *known_hosts;
+    int login_grace_ms;
+    int max_auth_tries;
+    int max_startups;
+    int max_startups_per_ip;
+    int connect_timeout_ms;
+    int idle_timeout_s;
+    int channel_buffer;
+    int auth_fail_delay_ms;
+    char *version;
+} sshp_conf;
+
+/* ---- per worker (sshp_worker.c) ---- */
+
+typedef struct sshp_conn sshp_conn;
+
+typedef struct sshp_worker {
+    dp_worker *w;
+    ssh_bind bind;       /* host keys + algorithms for client-facing sessions */
+    ssh_key proxy_key;   /* the key the proxy logs in to backends with (may be NULL) */
+    sshp_conn *conns;    /* every live connection of this worker */
+    unsigned nconns;
+    uint32_t next_id;
+} sshp_worker;
+
+sshp_worker *sshp_worker_of(dp_worker *w);
+const sshp_conf *sshp_conf_of(dp_worker *w);
+
+/* Limits on unauthenticated connections, process-wide (sshp_limits.c). */
+int sshp_startup_acquire(const struct sockaddr *client, int max_total, int max_per_ip);
+void sshp_startup_release(const struct sockaddr *client);
+
+/* ---- staging buffer: bytes taken from one channel stream, not yet written to the peer ---- */
+
+typedef struct sshp_buf {
+    uint8_t *data;
+    size_t off, len, cap; /* bytes [off, off+len) are pending; cap is the hard limit */
+    size_t alloc;
+} sshp_buf;
+
+/* ---- channel pair (sshp_channel.c) ---- */
+
+typedef enum sshp_req_kind {
+    REQ_PTY,
+    REQ_SHELL,
+    REQ_EXEC,
+    REQ_SUBSYSTEM,
+    REQ_ENV,
+    REQ_WINDOW_CHANGE,
+    REQ_SIGNAL,
+    REQ_BREAK,
+    REQ_AGENT,
+    REQ_UNSUPPORTED,
+} sshp_req_kind;
+
+/* A client request waiting for its turn on the backend channel (one at a time: libssh 0.10.6
+ * silently drops a request issued while another is pending). Replies go back in order. */
+typedef struct sshp_req {
+    sshp_req_kind kind;
+    ssh_message msg; /* NULL for requests that came through callbacks (signal, agent) */
+    char *a, *b;     /* term / command / subsystem / env name / signal name ; env value */
+    int cols, rows;
+    struct sshp_req *next;
+} sshp_req;
+
+typedef enum sshp_pair_state {
+    PAIR_OPENING,  /* backend channel being opened; client's open message held */
+    PAIR_OPEN,
+    PAIR_CLOSING,  /* draining and closing both sides */
+    PAIR_DONE,     /* both closed: free at the end of the pump */
+} sshp_pair_state;
+
+typedef struct sshp_pair {
+    sshp_conn *conn;
+    sshp_pair_state state;
+    bool forward; /* direct-tcpip (-L) rather than a session channel */
+    ssh_message open_msg;
+    ssh_channel cch, bch; /* client side, backend side */
+    struct ssh_channel_callbacks_struct ccb, bcb;
+    /* staging: [0] client->backend, [1] backend->client stdout, [2] backend->client stderr */
+    sshp_buf st[3];
+    bool leftover[3]; /* a callback could not take everything: bytes wait in libssh */
+    sshp_req *reqs, **reqs_tail;
+    bool req_sent;
+    /* what arrived, forwarded once the data before it is drained */
+    bool c_eof, b_eof, c_closed, b_closed;
+    bool c_eof_sent, b_eof_sent;
+    bool exit_status_set, exit_signal_set, exit_sent;
+    int exit_status;
+    char *exit_signal, *exit_errmsg;
+    bool exit_core;
+    bool c_close_done, b_close_done;
+    uint64_t bytes_in, bytes_out;
+    struct sshp_pair *next;
+} sshp_pair;
+
+/* ---- connection (sshp_conn.c, sshp_auth.c, sshp_backend.c) ---- */
+
+typedef enum sshp_conn_state {
+    CONN_KEX,      /* client key exchange */
+    CONN_AUTH,     /* client authentication (lookup, backend dial and login happen here) */
+    CONN_OPEN,     /* both sides authenticated: channels relay */
+    CONN_CLOSING,  /* flushing a disconnect message, then free */
+    CONN_DEAD,
+} sshp_conn_state;
+
+typedef enum sshp_be_state {
+    BE_NONE,
+    BE_RESOLVING,
+    BE_CONNECTING, /* TCP connect in progress */
+    BE_HANDSHAKE,  /* ssh_connect in progress */
+    BE_READY,      /* host key verified; authentication may start */
+    BE_AUTHED,
+    BE_FAILED,
+} sshp_be_state;
+
+typedef enum sshp_auth_kind {
+    AUTH_NONE_YET,
+    AUTH_PASSWORD,
+    AUTH_PUBKEY,
+} sshp_auth_kind;
+
+struct sshp_conn {
+    sshp_worker *sw;
+    dp_worker *w;
+    uint32_t id;
+    char sid[16];
+    char prefix[256]; /* logfmt session prefix */
+    sshp_conn_state state;
+    uint64_t started_ms;
+    struct sockaddr_storage client;
+    char client_text[64];
+    bool startup_slot;
+
+    /* client-facing libssh session */
+    ssh_session cs;
+    ssh_event cev;
+    int cfd;             /* libssh owns it */
+    uv_poll_t cpoll;     /* on a dup() of cfd: libssh may close cfd at any time */
+    int cpoll_fd;
+    bool cpoll_open;
+
+    /* backend libssh session */
+    sshp_be_state be;
+    ssh_session bs;
+    ssh_event bev;
+    int bfd;
+    uv_poll_t bpoll;
+    int bpoll_fd;
+    bool bpoll_open;
+    uv_getaddrinfo_t gai;
+    bool gai_pending;
+    bool bs_connect_called; /* ssh_free closes the fd only after ssh_connect ran */
+    uv_timer_t be_timer;    /* backend connect + handshake deadline */
+    bool be_timer_open;
+    struct sockaddr_storage baddr;
+
+    uv_timer_t timer;   /* login grace / connect / idle / close deadline */
+    bool timer_open;
+    int open_handles;   /* handles whose close callback is still due */
+
+    /* routing */
+    char user[DPH_USER_MAX];
+    dp_route_lookup lookup;
+    bool lookup_pending, route_known;
+    dph_route route;
+    dp_hook_call *keys_call;
+    bool keys_pending, keys_known;
+    char **keys;
+    size_t nkeys;
+
+    /* authentication */
+    ssh_message held_auth;     /* waiting for the route / backend */
+    sshp_auth_kind auth_kind;
+    char *password;            /* wiped as soon as the backend has it */
+    bool be_auth_started;
+    int auth_failures;
+    uv_timer_t fail_timer;     /* delays failures so unknown users look like wrong passwords */
+    bool fail_timer_open, fail_pending;
+    const char *auth_method;   /* for the session log line */
+
+    /* channels */
+    sshp_pair *pairs;
+    unsigned npairs;
+
+    /* end */
+    char reason[160];
+    char disconnect_msg[DPH_MESSAGE_MAX + 64];
+    bool logged_start;
+    uint64_t bytes_in, bytes_out; /* of closed pairs */
+    bool in_pump, pump_again;
+    sshp_conn *prev, *next;
+};
+
+/* sshp_conn.c */
+void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci);
+void sshp_conn_pump(sshp_conn *c);
+void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg);
+void sshp_conn_kick(sshp_conn *c, const char *reason);
+void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
+void sshp_conn_maybe_free(sshp_conn *c);
+/* uv_close with the connection's counting close callback (the memory outlives the handle). */
+void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open);
+int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd);
+
+/* sshp_auth.c */
+void sshp_auth_message(sshp_conn *c, ssh_message m);
+void sshp_auth_progress(sshp_conn *c);
+void sshp_auth_cleanup(sshp_conn *c);
+
+/* sshp_backend.c */
+void sshp_backend_start(sshp_conn *c);
+void sshp_backend_step(sshp_conn *c);
+void sshp_backend_message(sshp_conn *c, ssh_message m);
+void sshp_backend_cleanup(sshp_conn *c);
+
+/* sshp_channel.c */
+void sshp_channel_open_message(sshp_conn *c, ssh_message m);
+void sshp_channel_request_message(sshp_conn *c, ssh_message m);
+void sshp_channels_progress(sshp_conn *c);
+void sshp_channels_free_all(sshp_conn *c);
+uint64_t sshp_channels_bytes(const sshp_conn *c, bool in);
+
+#endif

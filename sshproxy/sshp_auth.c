@@ -1,0 +1,417 @@
+/* sshp_auth.c - client authentication: route lookup at the first user name, password
+ * passthrough, public keys checked against the hook's authorized keys, maintenance and
+ * temporary-failure messages, failure pacing. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+#include "sshp.h"
+
+#define MAX_KEYS 256
+#define UNAVAILABLE_MSG "service temporarily unavailable, please try again later"
+
+static void wipe_password(sshp_conn *c)
+{
+    if (c->password != NULL) {
+        explicit_bzero(c->password, strlen(c->password));
+        free(c->password);
+        c->password = NULL;
+    }
+}
+
+static void free_keys(sshp_conn *c)
+{
+    for (size_t i = 0; i < c->nkeys; i++)
+        free(c->keys[i]);
+    free(c->keys);
+    c->keys = NULL;
+    c->nkeys = 0;
+}
+
+void sshp_auth_cleanup(sshp_conn *c)
+{
+    if (c->lookup_pending) {
+        dp_route_cache_cancel(&c->lookup);
+        c->lookup_pending = false;
+    }
+    if (c->keys_pending) {
+        dp_hook_call_cancel(c->keys_call); /* its callback still runs: it checks the state */
+    }
+    if (c->held_auth != NULL) {
+        ssh_message_free(c->held_auth);
+        c->held_auth = NULL;
+    }
+    wipe_password(c);
+    free_keys(c);
+}
+
+/* ---- asynchronous answers ---- */
+
+static void on_route(dp_route_lookup *lk, const dph_route *route, dp_cache_result how)
+{
+    sshp_conn *c = lk->data;
+    c->lookup_pending = false;
+    c->route = *route;
+    c->route_known = true;
+    dp_slog_debug(c->prefix, "route: status %d backend %s (%s)", route->status, route->backend,
+                  how == DP_CACHE_HIT ? "cached" : "hook");
+    sshp_conn_pump(c);
+}
+
+static void on_keys(void *arg, int status, const char *const *keys, size_t n)
+{
+    sshp_conn *c = arg;
+    c->keys_pending = false;
+    c->keys_call = NULL;
+    if (c->state == CONN_DEAD) {
+        sshp_conn_maybe_free(c); /* teardown cancelled us and waited for this callback */
+        return;
+    }
+    if (status == 0) {
+        c->keys = calloc(n ? n : 1, sizeof *c->keys);
+        for (size_t i = 0; c->keys != NULL && i < n; i++)
+            if ((c->keys[c->nkeys] = strdup(keys[i])) != NULL)
+                c->nkeys++;
+    } else {
+        dp_slog_warn(c->prefix, "authorized keys of %s unavailable: %s", c->user,
+                     strerror(-status));
+    }
+    c->keys_known = true;
+    sshp_conn_pump(c);
+}
+
+static void start_lookup(sshp_conn *c)
+{
+    c->lookup.data = c;
+    int rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->w), &c->lookup, c->user,
+                                   (const struct sockaddr *)&c->client, DPH_PROTO_SSH, on_route);
+    if (rc != 0) {
+        memset(&c->route, 0, sizeof c->route);
+        c->route.status = DPH_ROUTE_UNKNOWN_USER; /* an unusable name is just an unknown user */
+        c->route_known = true;
+        return;
+    }
+    c->lookup_pending = true;
+}
+
+static void start_keys(sshp_conn *c)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    dp_hook_req req = {.user = c->user,
+                       .client = (const struct sockaddr *)&c->client,
+                       .proto = DPH_PROTO_SSH,
+                       .timeout_ms = cf->common.hook_timeout_ms};
+    int rc = dp_hook_keys_async(dp_daemon_worker_hook(c->w), dp_worker_loop(c->w), &req, MAX_KEYS,
+                                on_keys, c, &c->keys_call);
+    if (rc != 0) {
+        c->keys_known = true; /* no keys: public-key logins are refused */
+        return;
+    }
+    c->keys_pending = true;
+}
+
+/* ---- replies ---- */
+
+static void send_banner(sshp_conn *c, const char *text)
+{
+    char line[DPH_MESSAGE_MAX + 4];
+    snprintf(line, sizeof line, "%s\r\n", text);
+    ssh_string s = ssh_string_from_char(line);
+    if (s != NULL) {
+        ssh_send_issue_banner(c->cs, s);
+        ssh_string_free(s);
+    }
+}
+
+static void reply_failure(sshp_conn *c)
+{
+    if (c->held_auth == NULL)
+        return;
+    ssh_message_auth_set_methods(c->held_auth, SSH_AUTH_METHOD_PUBLICKEY | SSH_AUTH_METHOD_PASSWORD);
+    ssh_message_reply_default(c->held_auth);
+    ssh_message_free(c->held_auth);
+    c->held_auth = NULL;
+}
+
+static void after_failure(sshp_conn *c)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    if (c->auth_failures >= cf->max_auth_tries)
+        sshp_conn_fail(c, "too many authentication failures",
+                       "Too many authentication failures");
+}
+
+static void on_fail_timer(uv_timer_t *t)
+{
+    sshp_conn *c = t->data;
+    c->fail_pending = false;
+    reply_failure(c);
+    after_failure(c);
+    sshp_conn_pump(c);
+}
+
+/* Refuse the held attempt. `delay` paces refusals the backend did not already pace, so an
+ * unknown user takes as long as a wrong password (same answer, same timing class). */
+static void auth_fail(sshp_conn *c, const char *why, bool delay)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    char user[160];
+    c->auth_failures++;
+    wipe_password(c);
+    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "user=%s method=%s reason=%s",
+                 dp_logq(user, sizeof user, c->user),
+                 c->auth_kind == AUTH_PUBKEY ? "publickey" : "password", why);
+    if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
+        /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */
+        uint64_t base = (uint64_t)cf->auth_fail_delay_ms;
+        uint64_t ms = base * 3 / 4 + (uint64_t)(random() % (long)(base / 2 + 1));
+        c->fail_pending = true;
+        uv_timer_start(&c->fail_timer, on_fail_timer, ms, 0);
+        return;
+    }
+    reply_failure(c);
+    after_failure(c);
+}
+
+static void auth_succeeded(sshp_conn *c)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    wipe_password(c);
+    ssh_message_auth_reply_success(c->held_auth, 0);
+    ssh_message_free(c->held_auth);
+    c->held_auth = NULL;
+    c->state = CONN_OPEN;
+    c->be = BE_AUTHED;
+    if (c->startup_slot) {
+        sshp_startup_release((struct sockaddr *)&c->client);
+        c->startup_slot = false;
+    }
+    if (cf->idle_timeout_s > 0)
+        sshp_conn_arm_timer(c, (uint64_t)cf->idle_timeout_s * 1000);
+    else if (c->timer_open)
+        uv_timer_stop(&c->timer);
+    c->logged_start = true;
+    char user[160], backend[100];
+    dp_log_event(DP_LOG_INFO, NULL, "session_start", "sid=%s user=%s client=%s backend=%s auth=%s",
+                 c->sid, dp_logq(user, sizeof user, c->user), c->client_text,
+                 dp_logq(backend, sizeof backend, c->route.backend), c->auth_method);
+}
+
+/* ---- public keys ---- */
+
+/* Parse one authorized_keys line ("[options] type base64 [comment]") into a key. */
+static ssh_key parse_authorized(const char *line)
+{
+    char buf[16384];
+    snprintf(buf, sizeof buf, "%s", line);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+        enum ssh_keytypes_e type = ssh_key_type_from_name(tok);
+        if (type == SSH_KEYTYPE_UNKNOWN)
+            continue; /* an option such as from="..." */
+        char *b64 = strtok_r(NULL, " \t", &save);
+        ssh_key k = NULL;
+        if (b64 != NULL && ssh_pki_import_pubkey_base64(b64, type, &k) == SSH_OK)
+            return k;
+        return NULL;
+    }
+    return NULL;
+}
+
+static bool key_listed(sshp_conn *c, ssh_key offered)
+{
+    for (size_t i = 0; i < c->nkeys; i++) {
+        ssh_key k = parse_authorized(c->keys[i]);
+        bool same = k != NULL && ssh_key_cmp(k, offered, SSH_KEY_CMP_PUBLIC) == 0;
+        ssh_key_free(k);
+        if (same)
+            return true;
+    }
+    return false;
+}
+
+/* ---- messages from the client ---- */
+
+static bool set_user(sshp_conn *c, const char *user)
+{
+    if (user == NULL)
+        return true;
+    if (c->user[0] != '\0')
+        return strcmp(c->user, user) == 0; /* like sshd: one user per connection */
+    snprintf(c->user, sizeof c->user, "%s", user);
+    char q[160];
+    snprintf(c->prefix, sizeof c->prefix, "sid=%s user=%s client=%s", c->sid,
+             dp_logq(q, sizeof q, c->user), c->client_text);
+    /* Route at the first moment the name is known, while the client is still choosing how
+     * to authenticate. */
+    start_lookup(c);
+    return true;
+}
+
+void sshp_auth_message(sshp_conn *c, ssh_message m)
+{
+    if (ssh_message_type(m) == SSH_REQUEST_SERVICE) {
+        ssh_message_service_reply_success(m);
+        ssh_message_free(m);
+        return;
+    }
+    if (c->state != CONN_AUTH || c->held_auth != NULL) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+        return;
+    }
+    if (!set_user(c, ssh_message_auth_user(m))) {
+        ssh_message_free(m);
+        sshp_conn_fail(c, "user name changed during authentication",
+                       "Changing the user name is not allowed");
+        return;
+    }
+    switch (ssh_message_subtype(m)) {
+    case SSH_AUTH_METHOD_PASSWORD: {
+        const char *pw = ssh_message_auth_password(m);
+        c->password = strdup(pw != NULL ? pw : "");
+        if (c->password == NULL) {
+            ssh_message_reply_default(m);
+            ssh_message_free(m);
+            return;
+        }
+        c->auth_kind = AUTH_PASSWORD;
+        c->held_auth = m;
+        break;
+    }
+    case SSH_AUTH_METHOD_PUBLICKEY:
+        c->auth_kind = AUTH_PUBKEY;
+        c->held_auth = m;
+        if (!c->keys_known && !c->keys_pending)
+            start_keys(c);
+        break;
+    default:
+        /* "none" and methods we do not offer: list ours. */
+        ssh_message_auth_set_methods(m, SSH_AUTH_METHOD_PUBLICKEY | SSH_AUTH_METHOD_PASSWORD);
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+        return;
+    }
+    sshp_auth_progress(c);
+}
+
+/* ---- the held attempt moves on as the route, keys and backend become known ---- */
+
+static void refuse_session(sshp_conn *c, const char *reason, const char *text)
+{
+    send_banner(c, text);
+    reply_failure(c);
+    sshp_conn_fail(c, reason, text);
+}
+
+static void backend_auth(sshp_conn *c)
+{
+    const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
+    int rc;
+    if (c->auth_kind == AUTH_PASSWORD && c->route.auth != DPH_AUTH_MAPPED_KEY &&
+        c->route.auth != DPH_AUTH_PROXY_KEY) {
+        c->auth_method = "password";
+        rc = ssh_userauth_password(c->bs, buser, c->password);
+    } else {
+        c->auth_method = c->auth_kind == AUTH_PUBKEY ? "publickey" : "password";
+        if (c->auth_kind == AUTH_PASSWORD) {
+            /* The route says the backend takes the proxy's key, but the client proved
+             * nothing to us: a password we cannot check must not open a key login. */
+            auth_fail(c, "password_not_accepted_for_key_route", true);
+            return;
+        }
+        if (c->sw->proxy_key == NULL || c->route.auth == DPH_AUTH_MAPPED_KEY) {
+            dp_slog_error(c->prefix, "no usable key to log in to backend %s (auth %d)",
+                          c->route.backend, c->route.auth);
+            refuse_session(c, "no backend key", UNAVAILABLE_MSG);
+            return;
+        }
+        rc = ssh_userauth_publickey(c->bs, buser, c->sw->proxy_key);
+    }
+    c->be_auth_started = true;
+    switch (rc) {
+    case SSH_AUTH_AGAIN:
+        return; /* the pump calls again; libssh ignores the arguments of a pending call */
+    case SSH_AUTH_SUCCESS:
+        c->be_auth_started = false;
+        auth_succeeded(c);
+        return;
+    case SSH_AUTH_DENIED:
+    case SSH_AUTH_PARTIAL:
+        c->be_auth_started = false;
+        if (c->auth_kind == AUTH_PUBKEY) {
+            dp_slog_error(c->prefix, "backend %s refused the proxy key for %s", c->route.backend,
+                          buser);
+            refuse_session(c, "backend refused the proxy key", UNAVAILABLE_MSG);
+        } else {
+            auth_fail(c, "wrong_password", false); /* the backend paced it already */
+        }
+        return;
+    default:
+        c->be_auth_started = false;
+        dp_slog_error(c->prefix, "backend %s authentication error: %s", c->route.backend,
+                      ssh_get_error(c->bs));
+        refuse_session(c, "backend authentication error", UNAVAILABLE_MSG);
+        return;
+    }
+}
+
+void sshp_auth_progress(sshp_conn *c)
+{
+    if (c->held_auth == NULL || c->fail_pending || c->state != CONN_AUTH)
+        return;
+    if (!c->route_known)
+        return;
+    switch (c->route.status) {
+    case DPH_ROUTE_UNKNOWN_USER:
+        auth_fail(c, "unknown_user", true);
+        return;
+    case DPH_ROUTE_MAINTENANCE:
+        dp_slog_info(c->prefix, "backend %s in maintenance", c->route.backend);
+        refuse_session(c, "backend in maintenance",
+                       c->route.message[0] ? c->route.message : "backend in maintenance");
+        return;
+    case DPH_ROUTE_TEMPFAIL:
+        dp_slog_warn(c->prefix, "route lookup failed: temporary failure");
+        refuse_session(c, "route lookup failed",
+                       c->route.message[0] ? c->route.message : UNAVAILABLE_MSG);
+        return;
+    case DPH_ROUTE_OK:
+        break;
+    }
+    if (c->auth_kind == AUTH_PUBKEY) {
+        if (!c->keys_known)
+            return;
+        if (!key_listed(c, ssh_message_auth_pubkey(c->held_auth))) {
+            auth_fail(c, "key_not_listed", false);
+            return;
+        }
+        if (ssh_message_auth_publickey_state(c->held_auth) == SSH_PUBLICKEY_STATE_NONE) {
+            /* A probe: yes, this key would do; the client signs next. */
+            ssh_message_auth_reply_pk_ok_simple(c->held_auth);
+            ssh_message_free(c->held_auth);
+            c->held_auth = NULL;
+            return;
+        }
+        if (ssh_message_auth_publickey_state(c->held_auth) != SSH_PUBLICKEY_STATE_VALID) {
+            auth_fail(c, "bad_signature", false);
+            return;
+        }
+    }
+    switch (c->be) {
+    case BE_NONE:
+        sshp_backend_start(c);
+        return;
+    case BE_FAILED:
+        refuse_session(c, c->reason[0] ? c->reason : "backend unreachable", UNAVAILABLE_MSG);
+        return;
+    case BE_READY:
+        backend_auth(c);
+        return;
+    default:
+        return; /* resolving, connecting, handshaking */
+    }
+}

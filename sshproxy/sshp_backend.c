@@ -1,0 +1,298 @@
+/* sshp_backend.c - the proxy's own SSH session to the user's backend: one non-blocking dial
+ * per client connection (reused across the client's auth attempts), handshake, host-key pin
+ * check, and the backend-side message queue. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+#include "sshp.h"
+
+/* Ask for the algorithm the pin is usually taken from first (OpenSSH's default order). */
+#define BACKEND_HOSTKEYS                                                                           \
+    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,"        \
+    "rsa-sha2-256"
+
+static void be_failed(sshp_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void be_failed(sshp_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    va_end(ap);
+    dp_slog_error(c->prefix, "backend %s: %s", c->route.backend, c->reason);
+    c->be = BE_FAILED;
+    if (c->be_timer_open)
+        uv_timer_stop(&c->be_timer);
+    sshp_conn_pump(c);
+}
+
+static void on_be_timer(uv_timer_t *t)
+{
+    sshp_conn *c = t->data;
+    if (c->be < BE_READY)
+        be_failed(c, "connect timed out after %d ms", sshp_conf_of(c->w)->connect_timeout_ms);
+}
+
+/* ---- SSH handshake ---- */
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -errno : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void start_handshake(sshp_conn *c)
+{
+    const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
+    bool no = false;
+    int port = c->route.ssh_port ? c->route.ssh_port : 22;
+    c->bs = ssh_new();
+    if (c->bs == NULL) {
+        close(c->bfd);
+        c->bfd = -1;
+        be_failed(c, "out of memory");
+        return;
+    }
+    ssh_set_blocking(c->bs, 0);
+    /* No config files, no known_hosts, no home directory lookups: nothing that reads a file
+     * or calls getpwuid on the loop. The host key is checked against the route's pin. */
+    if (ssh_options_set(c->bs, SSH_OPTIONS_FD, &c->bfd) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_HOST, c->route.address) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_PORT, &port) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_PROCESS_CONFIG, &no) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_SSH_DIR, "/nonexistent") != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_HOSTKEYS, BACKEND_HOSTKEYS) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_COMPRESSION, "no") != 0) {
+        be_failed(c, "session options: %s", ssh_get_error(c->bs));
+        return;
+    }
+    /* Debian's libssh refuses some user names in SSH_OPTIONS_USER (shell metacharacters);
+     * the name goes to ssh_userauth_* directly, which does not check it. */
+    ssh_options_set(c->bs, SSH_OPTIONS_USER, buser);
+    c->bs_connect_called = true;
+    int rc = ssh_connect(c->bs);
+    /* libssh 0.10 resets the socket to blocking during connect (socket.c F_SETFL 0). */
+    set_nonblock(c->bfd);
+    if (rc == SSH_ERROR) {
+        be_failed(c, "ssh handshake: %s", ssh_get_error(c->bs));
+        return;
+    }
+    c->bev = ssh_event_new();
+    if (c->bev == NULL || ssh_event_add_session(c->bev, c->bs) != SSH_OK) {
+        be_failed(c, "ssh_event_add_session failed");
+        return;
+    }
+    c->be = BE_HANDSHAKE;
+    if (rc == SSH_OK)
+        sshp_backend_step(c);
+}
+
+/* Compare the backend's host key with the route's "SHA256:..." pin. */
+static int check_host_key(sshp_conn *c)
+{
+    ssh_key key = NULL;
+    unsigned char *hash = NULL;
+    size_t hlen = 0;
+    char *fp = NULL;
+    int rc = -1;
+    if (ssh_get_server_publickey(c->bs, &key) == SSH_OK &&
+        ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0 &&
+        (fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) != NULL) {
+        if (c->route.hostkey_sha256[0] == '\0') {
+            dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_unpinned",
+                         "backend=%s fingerprint=%s msg=\"route has no host key pin; refused\"",
+                         c->route.backend, fp);
+            snprintf(c->reason, sizeof c->reason, "backend host key not pinned");
+        } else if (strcmp(fp, c->route.hostkey_sha256) != 0) {
+            dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_mismatch",
+                         "backend=%s expected=%s got=%s msg=\"host key mismatch: possible "
+                         "man-in-the-middle or a reinstalled backend; login refused\"",
+                         c->route.backend, c->route.hostkey_sha256, fp);
+            snprintf(c->reason, sizeof c->reason, "backend host key mismatch");
+        } else {
+            rc = 0;
+        }
+    } else {
+        snprintf(c->reason, sizeof c->reason, "cannot read the backend host key");
+    }
+    ssh_string_free_char(fp);
+    ssh_clean_pubkey_hash(&hash);
+    ssh_key_free(key);
+    return rc;
+}
+
+void sshp_backend_step(sshp_conn *c)
+{
+    if (c->be != BE_HANDSHAKE)
+        return;
+    int rc = ssh_connect(c->bs);
+    set_nonblock(c->bfd);
+    if (rc == SSH_AGAIN)
+        return;
+    if (rc == SSH_ERROR) {
+        be_failed(c, "ssh handshake: %s", ssh_get_error(c->bs));
+        return;
+    }
+    if (c->be_timer_open)
+        uv_timer_stop(&c->be_timer);
+    if (check_host_key(c) != 0) {
+        c->be = BE_FAILED;
+        return;
+    }
+    c->be = BE_READY;
+    dp_slog_debug(c->prefix, "backend %s ready", c->route.backend);
+}
+
+/* ---- TCP ---- */
+
+static void on_connect_ready(uv_poll_t *p, int status, int events)
+{
+    sshp_conn *c = p->data;
+    (void)events;
+    if (c->be != BE_CONNECTING)
+        return;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (status < 0)
+        err = -status;
+    else if (getsockopt(c->bfd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    uv_poll_stop(p);
+    if (err != 0) {
+        char addr[80];
+        dp_sockaddr_format((struct sockaddr *)&c->baddr, addr, sizeof addr);
+        be_failed(c, "connect %s: %s", addr, strerror(err));
+        return;
+    }
+    dp_sock_tune(c->bfd, sshp_conf_of(c->w)->common.tcp_keepalive_s);
+    start_handshake(c);
+    sshp_conn_pump(c);
+}
+
+static void dial(sshp_conn *c)
+{
+    int fd = socket(c->baddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        be_failed(c, "socket: %s", strerror(errno));
+        return;
+    }
+    if (connect(fd, (struct sockaddr *)&c->baddr, dp_sockaddr_len((struct sockaddr *)&c->baddr)) !=
+            0 &&
+        errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        char addr[80];
+        dp_sockaddr_format((struct sockaddr *)&c->baddr, addr, sizeof addr);
+        be_failed(c, "connect %s: %s", addr, strerror(e));
+        return;
+    }
+    c->bfd = fd;
+    if (sshp_poll_open(c, &c->bpoll, &c->bpoll_open, &c->bpoll_fd, fd) != 0) {
+        be_failed(c, "poll setup failed");
+        return;
+    }
+    c->be = BE_CONNECTING;
+    uv_poll_start(&c->bpoll, UV_WRITABLE, on_connect_ready);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    sshp_conn *c = req->data;
+    c->gai_pending = false;
+    if (c->state == CONN_DEAD) {
+        uv_freeaddrinfo(res);
+        sshp_conn_maybe_free(c);
+        return;
+    }
+    if (status != 0 || res == NULL) {
+        uv_freeaddrinfo(res);
+        be_failed(c, "cannot resolve %s: %s", c->route.address, uv_strerror(status));
+        return;
+    }
+    memcpy(&c->baddr, res->ai_addr, res->ai_addrlen);
+    uv_freeaddrinfo(res);
+    dial(c);
+}
+
+void sshp_backend_start(sshp_conn *c)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    uint16_t port = c->route.ssh_port ? c->route.ssh_port : 22;
+    uv_loop_t *loop = dp_worker_loop(c->w);
+    if (!c->be_timer_open) {
+        uv_timer_init(loop, &c->be_timer);
+        c->be_timer.data = c;
+        c->be_timer_open = true;
+        c->open_handles++;
+    }
+    uv_update_time(loop);
+    uv_timer_start(&c->be_timer, on_be_timer, (uint64_t)cf->connect_timeout_ms, 0);
+
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&c->baddr;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->baddr;
+    memset(&c->baddr, 0, sizeof c->baddr);
+    if (inet_pton(AF_INET, c->route.address, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        dial(c);
+    } else if (inet_pton(AF_INET6, c->route.address, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        dial(c);
+    } else {
+        /* A name: resolve on the threadpool, never on the loop. */
+        char service[8];
+        snprintf(service, sizeof service, "%u", port);
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+        c->gai.data = c;
+        c->be = BE_RESOLVING;
+        if (uv_getaddrinfo(loop, &c->gai, on_resolved, c->route.address, service, &hints) != 0) {
+            be_failed(c, "cannot resolve %s", c->route.address);
+            return;
+        }
+        c->gai_pending = true;
+    }
+}
+
+void sshp_backend_message(sshp_conn *c, ssh_message m)
+{
+    /* Forwarded-tcpip and agent channel opens, unknown channel requests (eow@openssh.com):
+     * refused or acknowledged so nothing piles up in libssh's unbounded queue. */
+    (void)c;
+    ssh_message_reply_default(m);
+    ssh_message_free(m);
+}
+
+void sshp_backend_cleanup(sshp_conn *c)
+{
+    if (c->gai_pending)
+        uv_cancel((uv_req_t *)&c->gai);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
+    if (c->bs != NULL) {
+        if (c->bev != NULL)
+            ssh_event_remove_session(c->bev, c->bs);
+        ssh_free(c->bs); /* closes bfd once ssh_connect ran */
+        c->bs = NULL;
+        if (!c->bs_connect_called && c->bfd >= 0)
+            close(c->bfd);
+        c->bfd = -1;
+    } else if (c->bfd >= 0) {
+        close(c->bfd);
+        c->bfd = -1;
+    }
+    if (c->bev != NULL) {
+        ssh_event_free(c->bev);
+        c->bev = NULL;
+    }
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->bpoll, &c->bpoll_open); /* closes its dup */
+    c->be = c->be == BE_AUTHED ? BE_AUTHED : BE_FAILED;
+}

@@ -1,0 +1,580 @@
+/* sshp_channel.c - channel pairs: a client-facing channel bridged to a backend channel.
+ *
+ * Flow control (libssh 0.10.6, see docs/sshproxy.md): data callbacks copy into a bounded
+ * staging buffer per stream and return what they took; libssh keeps the rest and stops
+ * re-opening the window, so the sender stalls. The pump writes staging to the other side
+ * only while that session's output buffer is empty and its window is open. Bytes left in
+ * libssh's buffer are pulled only when the pull leaves < 640000 bytes buffered: every read
+ * call re-grants window up to 1.28 MB regardless of what is buffered, so smaller pulls would
+ * let memory grow without bound.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp_log.h"
+#include "sshp.h"
+
+#define MAX_PAIRS 128
+#define WRITE_CHUNK (256 * 1024)
+/* libssh 0.10 re-grants window when local_window + buffered < this (channels.c WINDOWLIMIT). */
+#define LIBSSH_WINDOW_LIMIT 640000
+
+enum { ST_C2B = 0, ST_B2C_OUT = 1, ST_B2C_ERR = 2 };
+
+/* ---- staging buffers ---- */
+
+static size_t buf_room(const sshp_buf *b)
+{
+    return b->cap - b->len;
+}
+
+/* Make `n` contiguous bytes writable at the end; returns where, or NULL. */
+static uint8_t *buf_reserve(sshp_buf *b, size_t n)
+{
+    if (n > buf_room(b))
+        return NULL;
+    if (b->off + b->len + n > b->alloc && b->off > 0) {
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+    }
+    if (b->off + b->len + n > b->alloc) {
+        size_t want = b->alloc ? b->alloc : 65536;
+        while (want < b->len + n)
+            want *= 2;
+        if (want > b->cap)
+            want = b->cap;
+        uint8_t *nd = realloc(b->data, want);
+        if (nd == NULL)
+            return NULL;
+        b->data = nd;
+        b->alloc = want;
+    }
+    return b->data + b->off + b->len;
+}
+
+static size_t buf_put(sshp_buf *b, const void *data, size_t n)
+{
+    if (n > buf_room(b))
+        n = buf_room(b);
+    if (n == 0)
+        return 0;
+    uint8_t *p = buf_reserve(b, n);
+    if (p == NULL)
+        return 0;
+    memcpy(p, data, n);
+    b->len += n;
+    return n;
+}
+
+static void buf_consume(sshp_buf *b, size_t n)
+{
+    b->off += n;
+    b->len -= n;
+    if (b->len == 0) {
+        b->off = 0;
+        /* A drained buffer of a quiet channel gives its memory back. */
+        if (b->alloc > 65536) {
+            free(b->data);
+            b->data = NULL;
+            b->alloc = 0;
+        }
+    }
+}
+
+static void buf_free(sshp_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- callbacks: record only ---- */
+
+static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
+{
+    size_t n = buf_put(&p->st[stream], data, len);
+    if (n < len)
+        p->leftover[stream] = true;
+    p->conn->pump_again = true;
+    return (int)n;
+}
+
+static int c_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr,
+                  void *ud)
+{
+    (void)s, (void)ch, (void)is_stderr;
+    return take(ud, ST_C2B, data, len);
+}
+
+static int b_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr,
+                  void *ud)
+{
+    (void)s, (void)ch;
+    return take(ud, is_stderr ? ST_B2C_ERR : ST_B2C_OUT, data, len);
+}
+
+static void c_eof(ssh_session s, ssh_channel ch, void *ud)
+{
+    sshp_pair *p = ud;
+    p->c_eof = true;
+    p->conn->pump_again = true;
+}
+
+static void b_eof(ssh_session s, ssh_channel ch, void *ud)
+{
+    sshp_pair *p = ud;
+    p->b_eof = true;
+    p->conn->pump_again = true;
+}
+
+static void c_close(ssh_session s, ssh_channel ch, void *ud)
+{
+    sshp_pair *p = ud;
+    p->c_closed = true;
+    p->conn->pump_again = true;
+}
+
+static void b_close(ssh_session s, ssh_channel ch, void *ud)
+{
+    sshp_pair *p = ud;
+    p->b_closed = true;
+    p->conn->pump_again = true;
+}
+
+static void b_exit_status(ssh_session s, ssh_channel ch, int status, void *ud)
+{
+    sshp_pair *p = ud;
+    p->exit_status_set = true;
+    p->exit_status = status;
+}
+
+static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int core,
+                          const char *errmsg, const char *lang, void *ud)
+{
+    sshp_pair *p = ud;
+    if (p->exit_signal_set)
+        return;
+    p->exit_signal_set = true;
+    p->exit_signal = strdup(sig != NULL ? sig : "KILL");
+    p->exit_errmsg = strdup(errmsg != NULL ? errmsg : "");
+    p->exit_core = core != 0;
+}
+
+static void enqueue(sshp_pair *p, sshp_req *r)
+{
+    r->next = NULL;
+    *p->reqs_tail = r;
+    p->reqs_tail = &r->next;
+}
+
+static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
+{
+    sshp_pair *p = ud;
+    sshp_req *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return;
+    r->kind = REQ_SIGNAL;
+    r->a = strdup(sig != NULL ? sig : "TERM");
+    enqueue(p, r);
+    p->conn->pump_again = true;
+}
+
+/* ---- opening ---- */
+
+static sshp_pair *pair_new(sshp_conn *c, ssh_message m, bool forward)
+{
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    sshp_pair *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->conn = c;
+    p->forward = forward;
+    p->open_msg = m;
+    p->reqs_tail = &p->reqs;
+    for (int i = 0; i < 3; i++)
+        p->st[i].cap = (size_t)cf->channel_buffer;
+    p->bch = ssh_channel_new(c->bs);
+    if (p->bch == NULL) {
+        free(p);
+        return NULL;
+    }
+    p->next = c->pairs;
+    c->pairs = p;
+    c->npairs++;
+    return p;
+}
+
+void sshp_channel_open_message(sshp_conn *c, ssh_message m)
+{
+    int sub = ssh_message_subtype(m);
+    if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) ||
+        c->npairs >= MAX_PAIRS || pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP) == NULL) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+    }
+}
+
+static void set_callbacks(sshp_pair *p)
+{
+    ssh_callbacks_init(&p->ccb);
+    p->ccb.userdata = p;
+    p->ccb.channel_data_function = c_data;
+    p->ccb.channel_eof_function = c_eof;
+    p->ccb.channel_close_function = c_close;
+    p->ccb.channel_signal_function = c_signal;
+    ssh_set_channel_callbacks(p->cch, &p->ccb);
+    ssh_callbacks_init(&p->bcb);
+    p->bcb.userdata = p;
+    p->bcb.channel_data_function = b_data;
+    p->bcb.channel_eof_function = b_eof;
+    p->bcb.channel_close_function = b_close;
+    p->bcb.channel_exit_status_function = b_exit_status;
+    p->bcb.channel_exit_signal_function = b_exit_signal;
+    ssh_set_channel_callbacks(p->bch, &p->bcb);
+}
+
+static void progress_open(sshp_pair *p)
+{
+    int rc;
+    if (p->forward)
+        rc = ssh_channel_open_forward(
+            p->bch, ssh_message_channel_request_open_destination(p->open_msg),
+            ssh_message_channel_request_open_destination_port(p->open_msg),
+            ssh_message_channel_request_open_originator(p->open_msg) ?: "127.0.0.1",
+            ssh_message_channel_request_open_originator_port(p->open_msg));
+    else
+        rc = ssh_channel_open_session(p->bch);
+    if (rc == SSH_AGAIN)
+        return;
+    if (rc != SSH_OK) {
+        ssh_message_reply_default(p->open_msg);
+        ssh_message_free(p->open_msg);
+        p->open_msg = NULL;
+        p->state = PAIR_DONE;
+        return;
+    }
+    p->cch = ssh_message_channel_request_open_reply_accept(p->open_msg);
+    ssh_message_free(p->open_msg);
+    p->open_msg = NULL;
+    if (p->cch == NULL) {
+        p->c_closed = p->c_close_done = true;
+        p->state = PAIR_CLOSING;
+        return;
+    }
+    set_callbacks(p);
+    p->state = PAIR_OPEN;
+}
+
+/* ---- requests ---- */
+
+static char *dupstr(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
+static sshp_pair *pair_of_channel(sshp_conn *c, ssh_channel ch)
+{
+    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
+        if (p->cch == ch && p->state != PAIR_DONE)
+            return p;
+    return NULL;
+}
+
+void sshp_channel_request_message(sshp_conn *c, ssh_message m)
+{
+    sshp_pair *p = pair_of_channel(c, ssh_message_channel_request_channel(m));
+    if (p == NULL) {
+        /* The channel is gone (or going): replying would touch freed libssh state. */
+        ssh_message_free(m);
+        return;
+    }
+    sshp_req *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+        return;
+    }
+    r->msg = m;
+    switch (ssh_message_subtype(m)) {
+    case SSH_CHANNEL_REQUEST_PTY:
+        r->kind = REQ_PTY;
+        r->a = dupstr(ssh_message_channel_request_pty_term(m));
+        r->cols = ssh_message_channel_request_pty_width(m);
+        r->rows = ssh_message_channel_request_pty_height(m);
+        break;
+    case SSH_CHANNEL_REQUEST_SHELL:
+        r->kind = REQ_SHELL;
+        break;
+    case SSH_CHANNEL_REQUEST_EXEC:
+        r->kind = REQ_EXEC;
+        r->a = dupstr(ssh_message_channel_request_command(m));
+        break;
+    case SSH_CHANNEL_REQUEST_SUBSYSTEM:
+        r->kind = REQ_SUBSYSTEM;
+        r->a = dupstr(ssh_message_channel_request_subsystem(m));
+        break;
+    case SSH_CHANNEL_REQUEST_ENV:
+        r->kind = REQ_ENV;
+        r->a = dupstr(ssh_message_channel_request_env_name(m));
+        r->b = dupstr(ssh_message_channel_request_env_value(m));
+        break;
+    case SSH_CHANNEL_REQUEST_WINDOW_CHANGE:
+        r->kind = REQ_WINDOW_CHANGE;
+        r->cols = ssh_message_channel_request_pty_width(m);
+        r->rows = ssh_message_channel_request_pty_height(m);
+        break;
+    default:
+        r->kind = REQ_UNSUPPORTED;
+        break;
+    }
+    enqueue(p, r);
+}
+
+static void req_free(sshp_req *r, bool reply_failure)
+{
+    if (r->msg != NULL) {
+        if (reply_failure)
+            ssh_message_reply_default(r->msg);
+        ssh_message_free(r->msg);
+    }
+    free(r->a);
+    free(r->b);
+    free(r);
+}
+
+/* Issue the head request on the backend channel; libssh allows one at a time and a pending
+ * call must be repeated with the same function until it answers. */
+static void progress_requests(sshp_pair *p)
+{
+    while (p->reqs != NULL) {
+        sshp_req *r = p->reqs;
+        int rc;
+        switch (r->kind) {
+        case REQ_PTY:
+            rc = ssh_channel_request_pty_size(p->bch, r->a, r->cols, r->rows);
+            break;
+        case REQ_SHELL:
+            rc = ssh_channel_request_shell(p->bch);
+            break;
+        case REQ_EXEC:
+            rc = ssh_channel_request_exec(p->bch, r->a);
+            break;
+        case REQ_SUBSYSTEM:
+            rc = ssh_channel_request_subsystem(p->bch, r->a);
+            break;
+        case REQ_ENV:
+            rc = ssh_channel_request_env(p->bch, r->a, r->b);
+            break;
+        case REQ_WINDOW_CHANGE:
+            rc = ssh_channel_change_pty_size(p->bch, r->cols, r->rows);
+            break;
+        case REQ_SIGNAL:
+            rc = ssh_channel_request_send_signal(p->bch, r->a);
+            break;
+        case REQ_BREAK:
+            rc = ssh_channel_request_send_break(p->bch, 0);
+            break;
+        default:
+            rc = SSH_ERROR;
+            break;
+        }
+        if (rc == SSH_AGAIN) {
+            p->req_sent = true;
+            return;
+        }
+        p->req_sent = false;
+        p->reqs = r->next;
+        if (p->reqs == NULL)
+            p->reqs_tail = &p->reqs;
+        if (rc == SSH_OK && r->msg != NULL)
+            ssh_message_channel_request_reply_success(r->msg);
+        req_free(r, rc != SSH_OK);
+    }
+}
+
+/* ---- data ---- */
+
+static void flush(sshp_pair *p, int stream, ssh_channel dst, ssh_session dsess, bool in)
+{
+    sshp_buf *b = &p->st[stream];
+    while (b->len > 0) {
+        /* Gate: libssh encrypts everything the window allows into an unbounded output
+         * buffer; write only when the previous write has left the socket. */
+        if (ssh_get_status(dsess) & SSH_WRITE_PENDING)
+            return;
+        uint32_t win = ssh_channel_window_size(dst);
+        if (win == 0)
+            return;
+        size_t n = b->len < WRITE_CHUNK ? b->len : WRITE_CHUNK;
+        if (n > win)
+            n = win;
+        int w = stream == ST_B2C_ERR ? ssh_channel_write_stderr(dst, b->data + b->off, (uint32_t)n)
+                                     : ssh_channel_write(dst, b->data + b->off, (uint32_t)n);
+        if (w == SSH_ERROR) {
+            /* The destination channel is closing: what is left cannot be delivered. */
+            buf_consume(b, b->len);
+            return;
+        }
+        if (w <= 0)
+            return;
+        buf_consume(b, (size_t)w);
+        if (in)
+            p->bytes_in += (uint64_t)w;
+        else
+            p->bytes_out += (uint64_t)w;
+    }
+}
+
+/* Take bytes the data callback had to leave in libssh's buffer (they are re-offered only when
+ * the next packet arrives, which a stalled sender never sends). */
+static void pull(sshp_pair *p, int stream, ssh_channel src)
+{
+    if (!p->leftover[stream] || p->st[stream].len > 0)
+        return;
+    int is_stderr = stream == ST_B2C_ERR;
+    int avail = ssh_channel_poll(src, is_stderr);
+    if (avail <= 0) {
+        p->leftover[stream] = false;
+        return;
+    }
+    size_t need = (size_t)avail > LIBSSH_WINDOW_LIMIT ? (size_t)avail - LIBSSH_WINDOW_LIMIT + 1 : 1;
+    size_t room = buf_room(&p->st[stream]);
+    if (room < need)
+        return;
+    size_t k = (size_t)avail < room ? (size_t)avail : room;
+    uint8_t *dst = buf_reserve(&p->st[stream], k);
+    if (dst == NULL)
+        return;
+    int n = ssh_channel_read_nonblocking(src, dst, (uint32_t)k, is_stderr);
+    if (n > 0)
+        p->st[stream].len += (size_t)n;
+    if ((size_t)avail <= k)
+        p->leftover[stream] = false;
+}
+
+static bool b2c_drained(const sshp_pair *p)
+{
+    return p->st[ST_B2C_OUT].len == 0 && p->st[ST_B2C_ERR].len == 0 &&
+           !p->leftover[ST_B2C_OUT] && !p->leftover[ST_B2C_ERR];
+}
+
+static bool c2b_drained(const sshp_pair *p)
+{
+    return p->st[ST_C2B].len == 0 && !p->leftover[ST_C2B];
+}
+
+static bool close_channel(ssh_channel ch)
+{
+    /* Under congestion close needs several calls (EOF, then CLOSE): repeat until done. */
+    int rc = ssh_channel_close(ch);
+    return rc != SSH_AGAIN;
+}
+
+static void progress_open_pair(sshp_pair *p)
+{
+    sshp_conn *c = p->conn;
+    progress_requests(p);
+    pull(p, ST_C2B, p->cch);
+    pull(p, ST_B2C_OUT, p->bch);
+    pull(p, ST_B2C_ERR, p->bch);
+    flush(p, ST_C2B, p->bch, c->bs, true);
+    flush(p, ST_B2C_OUT, p->cch, c->cs, false);
+    flush(p, ST_B2C_ERR, p->cch, c->cs, false);
+
+    /* Forward what ended, in order, once the data before it is through. */
+    if (p->c_eof && !p->c_eof_sent && c2b_drained(p)) {
+        ssh_channel_send_eof(p->bch);
+        p->c_eof_sent = true;
+    }
+    if (p->b_eof && !p->b_eof_sent && b2c_drained(p)) {
+        ssh_channel_send_eof(p->cch);
+        p->b_eof_sent = true;
+    }
+    if ((p->b_closed || p->b_eof) && !p->exit_sent && b2c_drained(p) &&
+        (p->exit_status_set || p->exit_signal_set || p->b_closed)) {
+        if (p->exit_signal_set)
+            ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
+                                                 p->exit_errmsg, "");
+        else if (p->exit_status_set)
+            ssh_channel_request_send_exit_status(p->cch, p->exit_status);
+        p->exit_sent = p->exit_status_set || p->exit_signal_set || p->b_closed;
+    }
+    if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
+        p->state = PAIR_CLOSING;
+}
+
+static void pair_free(sshp_conn *c, sshp_pair *p)
+{
+    if (p->cch != NULL) {
+        ssh_remove_channel_callbacks(p->cch, &p->ccb);
+        ssh_channel_free(p->cch);
+    }
+    if (p->bch != NULL) {
+        ssh_remove_channel_callbacks(p->bch, &p->bcb);
+        ssh_channel_free(p->bch);
+    }
+    if (p->open_msg != NULL) {
+        ssh_message_reply_default(p->open_msg);
+        ssh_message_free(p->open_msg);
+    }
+    while (p->reqs != NULL) {
+        sshp_req *r = p->reqs;
+        p->reqs = r->next;
+        req_free(r, false);
+    }
+    for (int i = 0; i < 3; i++)
+        buf_free(&p->st[i]);
+    c->bytes_in += p->bytes_in;
+    c->bytes_out += p->bytes_out;
+    free(p->exit_signal);
+    free(p->exit_errmsg);
+    free(p);
+}
+
+void sshp_channels_progress(sshp_conn *c)
+{
+    for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
+        if (p->state == PAIR_OPENING)
+            progress_open(p);
+        if (p->state == PAIR_OPEN)
+            progress_open_pair(p);
+        if (p->state == PAIR_CLOSING) {
+            if (!p->c_close_done && p->cch != NULL)
+                p->c_close_done = close_channel(p->cch);
+            if (!p->b_close_done && p->bch != NULL)
+                p->b_close_done = close_channel(p->bch);
+            if ((p->c_close_done || p->cch == NULL) && (p->b_close_done || p->bch == NULL))
+                p->state = PAIR_DONE;
+        }
+    }
+    /* Free finished pairs here, never inside a libssh callback. */
+    for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
+        sshp_pair *p = *pp;
+        if (p->state == PAIR_DONE) {
+            *pp = p->next;
+            c->npairs--;
+            pair_free(c, p);
+        } else {
+            pp = &p->next;
+        }
+    }
+}
+
+void sshp_channels_free_all(sshp_conn *c)
+{
+    while (c->pairs != NULL) {
+        sshp_pair *p = c->pairs;
+        c->pairs = p->next;
+        pair_free(c, p);
+    }
+    c->npairs = 0;
+}
+
+uint64_t sshp_channels_bytes(const sshp_conn *c, bool in)
+{
+    uint64_t n = 0;
+    for (const sshp_pair *p = c->pairs; p != NULL; p = p->next)
+        n += in ? p->bytes_in : p->bytes_out;
+    return n;
+}

@@ -1,0 +1,412 @@
+/* sshp_conn.c - one proxied SSH connection: accept, the pump that drives both libssh sessions
+ * from libuv readiness, deadlines, the disconnect message, teardown and the session log line. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+#include "sshp.h"
+
+/* dopoll reads at most 4 KiB per call (libssh 0.10): loop while it makes progress, bounded so
+ * one busy connection cannot starve the others on the loop. */
+#define DOPOLL_BUDGET 64
+/* How long a disconnect message may take to flush before the socket is just closed. */
+#define CLOSE_FLUSH_MS 2000
+#define PUMP_ROUNDS 8
+
+static void conn_end(sshp_conn *c);
+
+/* ---- handles ---- */
+
+static void conn_free(sshp_conn *c)
+{
+    sshp_worker *sw = c->sw;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        sw->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    sw->nconns--;
+    free(c);
+}
+
+/* The connection's memory goes when it is dead and nothing can call back into it: no open
+ * handle, no getaddrinfo, no hook call in flight. */
+void sshp_conn_maybe_free(sshp_conn *c)
+{
+    if (c->state == CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending)
+        conn_free(c);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    sshp_conn *c = h->data;
+    if (h == (uv_handle_t *)&c->cpoll && c->cpoll_fd >= 0) {
+        close(c->cpoll_fd);
+        c->cpoll_fd = -1;
+    } else if (h == (uv_handle_t *)&c->bpoll && c->bpoll_fd >= 0) {
+        close(c->bpoll_fd);
+        c->bpoll_fd = -1;
+    }
+    c->open_handles--;
+    sshp_conn_maybe_free(c);
+}
+
+void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open)
+{
+    if (*open) {
+        *open = false;
+        uv_close(h, handle_closed);
+    }
+}
+
+static void on_timer(uv_timer_t *t);
+
+void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms)
+{
+    if (c->timer_open) {
+        uv_update_time(dp_worker_loop(c->w));
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+    }
+}
+
+/* ---- polls ---- */
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    sshp_conn_pump(p->data);
+}
+
+static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
+{
+    if (!*open)
+        return;
+    if (s == NULL || ssh_get_fd(s) == SSH_INVALID_SOCKET) {
+        uv_poll_stop(p);
+        return;
+    }
+    int ev = UV_READABLE;
+    if (ssh_get_poll_flags(s) & SSH_WRITE_PENDING)
+        ev |= UV_WRITABLE;
+    uv_poll_start(p, ev, on_poll);
+}
+
+int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd)
+{
+    /* libssh closes its fd on EOF, error or DISCONNECT, inside its own calls; polling a dup
+     * means the fd number we watch cannot be reused by the next accept() under us. */
+    *dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (*dupfd < 0)
+        return -errno;
+    int rc = uv_poll_init_socket(dp_worker_loop(c->w), p, *dupfd);
+    if (rc != 0) {
+        close(*dupfd);
+        *dupfd = -1;
+        return rc;
+    }
+    p->data = c;
+    *open = true;
+    c->open_handles++;
+    return 0;
+}
+
+/* ---- pump ---- */
+
+static bool session_dead(ssh_session s)
+{
+    return s == NULL || ssh_get_fd(s) == SSH_INVALID_SOCKET ||
+           (ssh_get_status(s) & (SSH_CLOSED | SSH_CLOSED_ERROR)) != 0;
+}
+
+static void dopoll(ssh_event ev)
+{
+    for (int i = 0; i < DOPOLL_BUDGET; i++)
+        if (ssh_event_dopoll(ev, 0) != SSH_OK)
+            break;
+}
+
+static void dispatch_client(sshp_conn *c, ssh_message m)
+{
+    int type = ssh_message_type(m);
+    if (type == SSH_REQUEST_AUTH || type == SSH_REQUEST_SERVICE) {
+        sshp_auth_message(c, m);
+    } else if (c->state != CONN_OPEN) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+    } else if (type == SSH_REQUEST_CHANNEL_OPEN) {
+        sshp_channel_open_message(c, m);
+    } else if (type == SSH_REQUEST_CHANNEL) {
+        sshp_channel_request_message(c, m);
+    } else {
+        /* Global requests (tcpip-forward, ...): refused for now. */
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+    }
+}
+
+static void pump_once(sshp_conn *c)
+{
+    if (c->cs != NULL && !session_dead(c->cs))
+        dopoll(c->cev);
+    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
+        dopoll(c->bev);
+
+    if (c->state == CONN_KEX) {
+        int rc = ssh_handle_key_exchange(c->cs);
+        if (rc == SSH_OK) {
+            c->state = CONN_AUTH;
+        } else if (rc == SSH_ERROR) {
+            snprintf(c->reason, sizeof c->reason, "key exchange failed: %s",
+                     ssh_get_error(c->cs));
+            conn_end(c);
+            return;
+        }
+    }
+    if (c->be == BE_HANDSHAKE)
+        sshp_backend_step(c);
+    if (c->state == CONN_DEAD)
+        return;
+
+    if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
+        ssh_message m;
+        while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
+               (m = ssh_message_get(c->cs)) != NULL)
+            dispatch_client(c, m);
+    }
+    if (c->bs != NULL && c->be >= BE_READY && c->be != BE_FAILED && c->state != CONN_DEAD) {
+        ssh_message m;
+        while (!session_dead(c->bs) && (m = ssh_message_get(c->bs)) != NULL)
+            sshp_backend_message(c, m);
+    }
+    if (c->state == CONN_AUTH)
+        sshp_auth_progress(c);
+    if (c->state == CONN_OPEN)
+        sshp_channels_progress(c);
+    if (c->state == CONN_DEAD)
+        return;
+
+    if (c->state == CONN_CLOSING) {
+        if (session_dead(c->cs) || !(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING)) {
+            if (!session_dead(c->cs))
+                ssh_disconnect(c->cs); /* sends the message now that the output is idle */
+            conn_end(c);
+        }
+        return;
+    }
+    if (session_dead(c->cs)) {
+        if (c->reason[0] == '\0')
+            snprintf(c->reason, sizeof c->reason, "%s",
+                     c->state == CONN_OPEN ? "client closed" : "client left before login");
+        conn_end(c);
+        return;
+    }
+    if (c->state == CONN_OPEN && session_dead(c->bs)) {
+        sshp_conn_fail(c, "backend closed the connection", "backend closed the connection");
+        return;
+    }
+}
+
+void sshp_conn_pump(sshp_conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->in_pump) {
+        c->pump_again = true;
+        return;
+    }
+    c->in_pump = true;
+    int rounds = 0;
+    do {
+        c->pump_again = false;
+        pump_once(c);
+    } while (c->pump_again && c->state != CONN_DEAD && ++rounds < PUMP_ROUNDS);
+    c->in_pump = false;
+    if (c->state == CONN_DEAD)
+        return;
+    arm_poll(c, &c->cpoll, &c->cpoll_open, c->cs);
+    if (c->be >= BE_HANDSHAKE)
+        arm_poll(c, &c->bpoll, &c->bpoll_open, c->bs);
+}
+
+/* ---- deadlines ---- */
+
+static void on_timer(uv_timer_t *t)
+{
+    sshp_conn *c = t->data;
+    switch (c->state) {
+    case CONN_KEX:
+    case CONN_AUTH:
+        sshp_conn_fail(c, "login grace time exceeded", "login grace time exceeded");
+        break;
+    case CONN_OPEN:
+        sshp_conn_fail(c, "idle timeout", "idle timeout");
+        break;
+    case CONN_CLOSING:
+        snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
+                 " (disconnect message not flushed)");
+        conn_end(c);
+        break;
+    case CONN_DEAD:
+        break;
+    }
+}
+
+/* ---- ending ---- */
+
+void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_DEAD)
+        return;
+    if (c->reason[0] == '\0')
+        snprintf(c->reason, sizeof c->reason, "%s", reason);
+    if (client_msg == NULL || session_dead(c->cs)) {
+        conn_end(c);
+        return;
+    }
+    /* libssh drops the DISCONNECT unless the output side is idle when ssh_disconnect runs:
+     * flush first (the pump calls ssh_disconnect when nothing is pending), bounded. */
+    ssh_session_set_disconnect_message(c->cs, client_msg);
+    c->state = CONN_CLOSING;
+    sshp_conn_arm_timer(c, CLOSE_FLUSH_MS);
+    if (!c->in_pump)
+        sshp_conn_pump(c);
+}
+
+void sshp_conn_kick(sshp_conn *c, const char *reason)
+{
+    sshp_conn_fail(c, reason, reason);
+}
+
+static void log_end(sshp_conn *c)
+{
+    char user[160], reason[200], backend[100];
+    uint64_t in = c->bytes_in + sshp_channels_bytes(c, true);
+    uint64_t out = c->bytes_out + sshp_channels_bytes(c, false);
+    dp_log_event(DP_LOG_INFO, NULL, "session_end",
+                 "sid=%s user=%s client=%s backend=%s auth=%s bytes_in=%llu bytes_out=%llu "
+                 "duration_ms=%llu reason=%s",
+                 c->sid, dp_logq(user, sizeof user, c->user[0] ? c->user : "-"), c->client_text,
+                 dp_logq(backend, sizeof backend, c->route_known ? c->route.backend : "-"),
+                 c->auth_method ? c->auth_method : "none", (unsigned long long)in,
+                 (unsigned long long)out, (unsigned long long)(dp_now_ms() - c->started_ms),
+                 dp_logq(reason, sizeof reason, c->reason[0] ? c->reason : "closed"));
+}
+
+static void conn_end(sshp_conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->logged_start || c->user[0] != '\0')
+        log_end(c);
+    c->state = CONN_DEAD;
+    if (c->startup_slot) {
+        sshp_startup_release((struct sockaddr *)&c->client);
+        c->startup_slot = false;
+    }
+    sshp_auth_cleanup(c);
+    sshp_channels_free_all(c);
+    sshp_backend_cleanup(c);
+    if (c->cs != NULL) {
+        if (c->cev != NULL)
+            ssh_event_remove_session(c->cev, c->cs);
+        ssh_free(c->cs); /* closes the client fd */
+        c->cs = NULL;
+    }
+    if (c->cev != NULL) {
+        ssh_event_free(c->cev);
+        c->cev = NULL;
+    }
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->cpoll, &c->cpoll_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
+    sshp_conn_maybe_free(c);
+}
+
+/* ---- accept ---- */
+
+void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
+{
+    const sshp_conf *cf = sshp_conf_of(sw->w);
+    char addr[64];
+    dp_sockaddr_format((const struct sockaddr *)&ci->peer, addr, sizeof addr);
+    int rc = sshp_startup_acquire((const struct sockaddr *)&ci->peer, cf->max_startups,
+                                  cf->max_startups_per_ip);
+    if (rc != 0) {
+        dp_log_event(DP_LOG_WARN, NULL, "refused", "client=%s reason=%s", addr,
+                     rc == -EUSERS ? "max_startups_per_ip" : "max_startups");
+        close(ci->fd);
+        return;
+    }
+    sshp_conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        sshp_startup_release((const struct sockaddr *)&ci->peer);
+        close(ci->fd);
+        return;
+    }
+    c->sw = sw;
+    c->w = sw->w;
+    c->startup_slot = true;
+    c->id = ++sw->next_id;
+    snprintf(c->sid, sizeof c->sid, "%02x%06x", dp_worker_index(sw->w) & 0xff, c->id & 0xffffff);
+    c->started_ms = dp_now_ms();
+    c->client = ci->peer;
+    snprintf(c->client_text, sizeof c->client_text, "%s", addr);
+    snprintf(c->prefix, sizeof c->prefix, "sid=%s client=%s", c->sid, addr);
+    c->cfd = ci->fd;
+    c->cpoll_fd = c->bpoll_fd = c->bfd = -1;
+    c->next = sw->conns;
+    if (sw->conns != NULL)
+        sw->conns->prev = c;
+    sw->conns = c;
+    sw->nconns++;
+
+    uv_loop_t *loop = dp_worker_loop(sw->w);
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    c->timer_open = true;
+    c->open_handles++;
+    uv_timer_init(loop, &c->fail_timer);
+    c->fail_timer.data = c;
+    c->fail_timer_open = true;
+    c->open_handles++;
+
+    c->cs = ssh_new();
+    if (c->cs == NULL) {
+        close(ci->fd);
+        snprintf(c->reason, sizeof c->reason, "out of memory");
+        conn_end(c);
+        return;
+    }
+    if (ssh_bind_accept_fd(sw->bind, c->cs, ci->fd) != SSH_OK) {
+        dp_slog_error(c->prefix, "ssh_bind_accept_fd: %s", ssh_get_error(sw->bind));
+        if (ssh_get_fd(c->cs) != ci->fd)
+            close(ci->fd); /* not handed over: ours to close */
+        snprintf(c->reason, sizeof c->reason, "accept failed");
+        conn_end(c);
+        return;
+    }
+    ssh_options_set(c->cs, SSH_OPTIONS_COMPRESSION_C_S, "none");
+    ssh_options_set(c->cs, SSH_OPTIONS_COMPRESSION_S_C, "none");
+    ssh_set_blocking(c->cs, 0);
+    /* The first call sends our banner and sets up the session's poll context, which
+     * ssh_event_add_session needs. */
+    rc = ssh_handle_key_exchange(c->cs);
+    c->cev = ssh_event_new();
+    if (rc == SSH_ERROR || c->cev == NULL || ssh_event_add_session(c->cev, c->cs) != SSH_OK ||
+        sshp_poll_open(c, &c->cpoll, &c->cpoll_open, &c->cpoll_fd, ci->fd) != 0) {
+        snprintf(c->reason, sizeof c->reason, "session setup failed: %s", ssh_get_error(c->cs));
+        conn_end(c);
+        return;
+    }
+    if (rc == SSH_OK)
+        c->state = CONN_AUTH;
+    sshp_conn_arm_timer(c, (uint64_t)cf->login_grace_ms);
+    sshp_conn_pump(c);
+}

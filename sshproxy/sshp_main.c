@@ -1,0 +1,210 @@
+/* sshp_main.c - sshproxy: configuration table, per-worker libssh state, daemon entry. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dp_log.h"
+#include "sshp.h"
+
+/* Modern algorithms only. No diffie-hellman-group-exchange: libssh would read and parse
+ * /etc/ssh/moduli synchronously on the loop for each such key exchange. */
+#define SSHP_KEX                                                                                   \
+    "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,"        \
+    "ecdh-sha2-nistp521,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"              \
+    "diffie-hellman-group14-sha256"
+#define SSHP_CIPHERS                                                                               \
+    "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,"      \
+    "aes192-ctr,aes256-ctr"
+#define SSHP_MACS                                                                                  \
+    "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512"
+#define SSHP_HOSTKEY_ALGOS                                                                         \
+    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,"        \
+    "rsa-sha2-256"
+
+static int check_host_keys(const void *value, char *err, size_t errlen)
+{
+    const dp_strlist *l = value;
+    if (l->n == 0) {
+        snprintf(err, errlen, "at least one host key file is needed");
+        return -1;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        if (access(l->v[i], R_OK) != 0) {
+            snprintf(err, errlen, "%s: %s", l->v[i], strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int check_readable(const void *value, char *err, size_t errlen)
+{
+    const char *const *s = value;
+    if (*s != NULL && (*s)[0] != '\0' && access(*s, R_OK) != 0) {
+        snprintf(err, errlen, "%s: %s", *s, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+#define OFF(f) offsetof(sshp_conf, f)
+#define R DP_CONF_RELOADABLE
+static const dp_conf_entry sshp_entries[] = {
+    {"ssh.host_keys", DP_CONF_STRLIST, OFF(host_keys), NULL, 0, 8, DP_CONF_REQUIRED, NULL,
+     check_host_keys, "the proxy's host key files (ed25519, ecdsa, rsa)"},
+    {"ssh.proxy_key", DP_CONF_STRING, OFF(proxy_key), "", 0, 4096, 0, NULL, check_readable,
+     "private key the proxy logs in to backends with, for public-key clients"},
+    {"ssh.known_hosts", DP_CONF_STRING, OFF(known_hosts), "", 0, 4096, R, NULL, check_readable,
+     "known_hosts file for backends whose route has no host-key pin; empty = refuse them"},
+    {"ssh.login_grace_ms", DP_CONF_INT, OFF(login_grace_ms), "30000", 1000, 600000, R, NULL, NULL,
+     "deadline for handshake and authentication"},
+    {"ssh.max_auth_tries", DP_CONF_INT, OFF(max_auth_tries), "6", 1, 100, R, NULL, NULL,
+     "failed authentication attempts before disconnecting"},
+    {"ssh.max_startups", DP_CONF_INT, OFF(max_startups), "1000", 1, 1000000, R, NULL, NULL,
+     "concurrent unauthenticated connections, total"},
+    {"ssh.max_startups_per_ip", DP_CONF_INT, OFF(max_startups_per_ip), "100", 1, 1000000, R,
+     NULL, NULL, "concurrent unauthenticated connections per client address"},
+    {"ssh.connect_timeout_ms", DP_CONF_INT, OFF(connect_timeout_ms), "5000", 100, 120000, R,
+     NULL, NULL, "deadline for the backend TCP connect and SSH handshake"},
+    {"ssh.idle_timeout_s", DP_CONF_INT, OFF(idle_timeout_s), "0", 0, 604800, R, NULL, NULL,
+     "close sessions idle this long; 0 = never"},
+    {"ssh.channel_buffer", DP_CONF_INT, OFF(channel_buffer), "2097152", 1310720, 67108864, R,
+     NULL, NULL, "per channel and direction staging cap, bytes (>= 1.25 MiB: libssh 0.10 window)"},
+    {"ssh.auth_fail_delay_ms", DP_CONF_INT, OFF(auth_fail_delay_ms), "2500", 0, 30000, R, NULL,
+     NULL, "delay before refusing an unknown user, so it looks like a wrong password"},
+    {"ssh.version", DP_CONF_STRING, OFF(version), "dynproxy", 1, 64, 0, NULL, NULL,
+     "software version in the SSH banner (SSH-2.0-<this>)"},
+};
+#undef R
+#undef OFF
+static const dp_conf_table sshp_table = {sshp_entries, sizeof sshp_entries / sizeof sshp_entries[0]};
+
+/* ---- libssh's log goes into ours (its settings are per thread) ---- */
+
+/* libssh's own lines go to debug: its "warnings" are mostly expected events (the empty
+ * known_hosts we give it, a client's hostkeys-00 global request), and every real failure is
+ * logged by our code with ssh_get_error() and the session prefix. */
+static void libssh_log(int priority, const char *function, const char *buffer, void *userdata)
+{
+    (void)userdata;
+    (void)priority;
+    dp_log_msg(DP_LOG_DEBUG, function, "lib=libssh", "%s", buffer);
+}
+
+/* ---- worker lifecycle ---- */
+
+sshp_worker *sshp_worker_of(dp_worker *w)
+{
+    return dp_daemon_worker_data(w);
+}
+
+const sshp_conf *sshp_conf_of(dp_worker *w)
+{
+    return dp_daemon_worker_conf(w);
+}
+
+static int bind_set(ssh_bind b, enum ssh_bind_options_e opt, const void *v, const char *what)
+{
+    if (ssh_bind_options_set(b, opt, v) != SSH_OK) {
+        dp_log_error("ssh_bind option %s: %s", what, ssh_get_error(b));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int sshp_start(dp_worker *w)
+{
+    const sshp_conf *cf = sshp_conf_of(w);
+    sshp_worker *sw = calloc(1, sizeof *sw);
+    if (sw == NULL)
+        return -ENOMEM;
+    sw->w = w;
+    dp_daemon_worker_set_data(w, sw);
+    ssh_set_log_callback(libssh_log);
+    ssh_set_log_level(DP_LOG_ENABLED(DP_LOG_DEBUG) ? SSH_LOG_PROTOCOL : SSH_LOG_WARN);
+
+    sw->bind = ssh_bind_new();
+    if (sw->bind == NULL)
+        return -ENOMEM;
+    bool no = false;
+    char banner[80];
+    snprintf(banner, sizeof banner, "%s", cf->version);
+    int rc = bind_set(sw->bind, SSH_BIND_OPTIONS_PROCESS_CONFIG, &no, "process_config");
+    for (size_t i = 0; rc == 0 && i < cf->host_keys.n; i++)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HOSTKEY, cf->host_keys.v[i], cf->host_keys.v[i]);
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_KEY_EXCHANGE, SSHP_KEX, "kex");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_C_S, SSHP_CIPHERS, "ciphers");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_S_C, SSHP_CIPHERS, "ciphers");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_C_S, SSHP_MACS, "macs");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_S_C, SSHP_MACS, "macs");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HOSTKEY_ALGORITHMS, SSHP_HOSTKEY_ALGOS,
+                      "hostkey algorithms");
+    if (rc == 0)
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_BANNER, banner, "banner");
+    if (rc != 0)
+        return rc;
+    if (cf->proxy_key[0] != '\0' &&
+        ssh_pki_import_privkey_file(cf->proxy_key, NULL, NULL, NULL, &sw->proxy_key) != SSH_OK) {
+        dp_log_error("cannot read ssh.proxy_key %s", cf->proxy_key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void sshp_accept(dp_worker *w, const dp_conn_info *ci)
+{
+    sshp_conn_accept(sshp_worker_of(w), ci);
+}
+
+static void sshp_stop(dp_worker *w)
+{
+    sshp_worker *sw = sshp_worker_of(w);
+    if (sw == NULL)
+        return;
+    while (sw->conns != NULL) {
+        sshp_conn *c = sw->conns;
+        sshp_conn_kick(c, "proxy shutting down");
+        if (sw->conns == c) /* kick unlinks only once closed; move on */
+            break;
+    }
+    for (sshp_conn *c = sw->conns; c != NULL; c = c->next)
+        if (c->state != CONN_CLOSING && c->state != CONN_DEAD)
+            sshp_conn_kick(c, "proxy shutting down");
+}
+
+static void sshp_fini(dp_worker *w)
+{
+    sshp_worker *sw = sshp_worker_of(w);
+    if (sw == NULL)
+        return;
+    if (sw->bind != NULL)
+        ssh_bind_free(sw->bind);
+    ssh_key_free(sw->proxy_key);
+    free(sw);
+}
+
+static const dp_worker_ops sshp_ops = {sshp_start, sshp_accept, sshp_stop, sshp_fini};
+
+static const dp_daemon_def sshp_def = {
+    .name = "sshproxy",
+    .default_config = "/etc/dynproxy/sshproxy.conf",
+    .table = &sshp_table,
+    .conf_size = sizeof(sshp_conf),
+    .ops = &sshp_ops,
+};
+
+int main(int argc, char **argv)
+{
+    ssh_init();
+    int rc = dp_daemon_main(&sshp_def, argc, argv);
+    ssh_finalize();
+    return rc;
+}
