@@ -158,11 +158,9 @@ static void on_fail_timer(uv_timer_t *t)
 static void auth_fail(sshp_conn *c, const char *why, bool delay)
 {
     const sshp_conf *cf = sshp_conf_of(c->w);
-    char user[160];
     c->auth_failures++;
     wipe_password(c);
-    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "user=%s method=%s reason=%s",
-                 dp_logq(user, sizeof user, c->user),
+    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "method=%s reason=%s",
                  c->auth_kind == AUTH_PUBKEY ? "publickey" : "password", why);
     if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
         /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */

@@ -293,7 +293,8 @@ static void log_end(sshp_conn *c)
                  "sid=%s user=%s client=%s backend=%s auth=%s bytes_in=%llu bytes_out=%llu "
                  "duration_ms=%llu reason=%s",
                  c->sid, dp_logq(user, sizeof user, c->user[0] ? c->user : "-"), c->client_text,
-                 dp_logq(backend, sizeof backend, c->route_known ? c->route.backend : "-"),
+                 dp_logq(backend, sizeof backend,
+                         c->route_known && c->route.backend[0] ? c->route.backend : "-"),
                  c->auth_method ? c->auth_method : "none", (unsigned long long)in,
                  (unsigned long long)out, (unsigned long long)(dp_now_ms() - c->started_ms),
                  dp_logq(reason, sizeof reason, c->reason[0] ? c->reason : "closed"));

@@ -72,8 +72,8 @@ static const dp_conf_entry sshp_entries[] = {
      "close sessions idle this long; 0 = never"},
     {"ssh.channel_buffer", DP_CONF_INT, OFF(channel_buffer), "2097152", 1310720, 67108864, R,
      NULL, NULL, "per channel and direction staging cap, bytes (>= 1.25 MiB: libssh 0.10 window)"},
-    {"ssh.auth_fail_delay_ms", DP_CONF_INT, OFF(auth_fail_delay_ms), "2500", 0, 30000, R, NULL,
-     NULL, "delay before refusing an unknown user, so it looks like a wrong password"},
+    {"ssh.auth_fail_delay_ms", DP_CONF_INT, OFF(auth_fail_delay_ms), "2000", 0, 30000, R, NULL,
+     NULL, "delay (+-25 %) before refusing an unknown user: a wrong password costs about this much on the backend (PAM)"},
     {"ssh.version", DP_CONF_STRING, OFF(version), "dynproxy", 1, 64, 0, NULL, NULL,
      "software version in the SSH banner (SSH-2.0-<this>)"},
 };
