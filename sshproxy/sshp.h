@@ -98,11 +98,19 @@ typedef enum sshp_pair_state {
     PAIR_DONE,     /* both closed: free at the end of the pump */
 } sshp_pair_state;
 
+typedef enum sshp_pair_kind {
+    PK_SESSION,   /* client opened a session channel */
+    PK_DIRECT,    /* client opened direct-tcpip (ssh -L) */
+    PK_FORWARDED, /* backend opened forwarded-tcpip (ssh -R) */
+    PK_AGENT,     /* backend opened auth-agent@openssh.com (ssh -A) */
+} sshp_pair_kind;
+
 typedef struct sshp_pair {
     sshp_conn *conn;
     sshp_pair_state state;
-    bool forward; /* direct-tcpip (-L) rather than a session channel */
-    ssh_message open_msg;
+    sshp_pair_kind kind;
+    bool reverse;         /* opened by the backend: we open the client side first */
+    ssh_message open_msg; /* the peer's open request, answered when our side is open */
     ssh_channel cch, bch; /* client side, backend side */
     struct ssh_channel_callbacks_struct ccb, bcb;
     /* staging: [0] client->backend, [1] backend->client stdout, [2] backend->client stderr */
@@ -210,6 +218,9 @@ struct sshp_conn {
     /* channels */
     sshp_pair *pairs;
     unsigned npairs;
+    bool agent_forwarding;  /* the client asked for it: backend agent channels are bridged */
+    unsigned nforwards;     /* remote forwards (-R) the backend holds for this client */
+    struct sshp_global *globals, **globals_tail; /* client global requests, one at a time */
 
     /* end */
     char reason[160];
@@ -242,8 +253,16 @@ void sshp_backend_step(sshp_conn *c);
 void sshp_backend_message(sshp_conn *c, ssh_message m);
 void sshp_backend_cleanup(sshp_conn *c);
 
+/* A client global request (tcpip-forward, cancel-tcpip-forward) waiting for the backend. */
+typedef struct sshp_global {
+    ssh_message msg;
+    struct sshp_global *next;
+} sshp_global;
+
 /* sshp_channel.c */
 void sshp_channel_open_message(sshp_conn *c, ssh_message m);
+void sshp_channel_backend_open(sshp_conn *c, ssh_message m);
+void sshp_global_message(sshp_conn *c, ssh_message m);
 void sshp_channel_request_message(sshp_conn *c, ssh_message m);
 void sshp_channels_progress(sshp_conn *c);
 void sshp_channels_free_all(sshp_conn *c);

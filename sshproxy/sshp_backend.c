@@ -265,9 +265,13 @@ void sshp_backend_start(sshp_conn *c)
 
 void sshp_backend_message(sshp_conn *c, ssh_message m)
 {
-    /* Forwarded-tcpip and agent channel opens, unknown channel requests (eow@openssh.com):
-     * refused or acknowledged so nothing piles up in libssh's unbounded queue. */
-    (void)c;
+    /* Forwarded-tcpip and agent channel opens go to the channel bridge; anything else (e.g.
+     * "eow@openssh.com" channel requests) is answered so nothing piles up in libssh's
+     * unbounded queue. */
+    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL_OPEN && c->state == CONN_OPEN) {
+        sshp_channel_backend_open(c, m);
+        return;
+    }
     ssh_message_reply_default(m);
     ssh_message_free(m);
 }

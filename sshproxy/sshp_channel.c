@@ -180,22 +180,41 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
     p->conn->pump_again = true;
 }
 
+static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
+{
+    sshp_pair *p = ud;
+    sshp_req *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return;
+    /* libssh has already said yes to the client; the backend is asked in turn, and the
+     * agent channels it opens are bridged from now on. */
+    p->conn->agent_forwarding = true;
+    r->kind = REQ_AGENT;
+    enqueue(p, r);
+    p->conn->pump_again = true;
+}
+
 /* ---- opening ---- */
 
-static sshp_pair *pair_new(sshp_conn *c, ssh_message m, bool forward)
+static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
 {
     const sshp_conf *cf = sshp_conf_of(c->w);
     sshp_pair *p = calloc(1, sizeof *p);
     if (p == NULL)
         return NULL;
     p->conn = c;
-    p->forward = forward;
+    p->kind = kind;
+    p->reverse = kind == PK_FORWARDED || kind == PK_AGENT;
     p->open_msg = m;
     p->reqs_tail = &p->reqs;
     for (int i = 0; i < 3; i++)
         p->st[i].cap = (size_t)cf->channel_buffer;
-    p->bch = ssh_channel_new(c->bs);
-    if (p->bch == NULL) {
+    /* Open our side towards whoever did not ask; the asker's open is answered after. */
+    if (p->reverse)
+        p->cch = ssh_channel_new(c->cs);
+    else
+        p->bch = ssh_channel_new(c->bs);
+    if (p->cch == NULL && p->bch == NULL) {
         free(p);
         return NULL;
     }
@@ -209,7 +228,31 @@ void sshp_channel_open_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
     if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) ||
-        c->npairs >= MAX_PAIRS || pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP) == NULL) {
+        c->npairs >= MAX_PAIRS ||
+        pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP ? PK_DIRECT : PK_SESSION) == NULL) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+    }
+}
+
+/* The backend opens channels back to the client for remote forwards (-R) and agent
+ * forwarding (-A); only what this client asked for is bridged. */
+void sshp_channel_backend_open(sshp_conn *c, ssh_message m)
+{
+    int sub = ssh_message_subtype(m);
+    sshp_pair_kind kind;
+    bool allowed;
+    if (sub == SSH_CHANNEL_FORWARDED_TCPIP) {
+        kind = PK_FORWARDED;
+        allowed = c->nforwards > 0;
+    } else if (sub == SSH_CHANNEL_AUTH_AGENT) {
+        kind = PK_AGENT;
+        allowed = c->agent_forwarding;
+    } else {
+        kind = PK_SESSION;
+        allowed = false;
+    }
+    if (!allowed || c->npairs >= MAX_PAIRS || pair_new(c, m, kind) == NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
     }
@@ -223,6 +266,7 @@ static void set_callbacks(sshp_pair *p)
     p->ccb.channel_eof_function = c_eof;
     p->ccb.channel_close_function = c_close;
     p->ccb.channel_signal_function = c_signal;
+    p->ccb.channel_auth_agent_req_function = c_agent_req;
     ssh_set_channel_callbacks(p->cch, &p->ccb);
     ssh_callbacks_init(&p->bcb);
     p->bcb.userdata = p;
@@ -236,29 +280,50 @@ static void set_callbacks(sshp_pair *p)
 
 static void progress_open(sshp_pair *p)
 {
+    ssh_message m = p->open_msg;
+    const char *orig = ssh_message_channel_request_open_originator(m);
+    int oport = ssh_message_channel_request_open_originator_port(m);
     int rc;
-    if (p->forward)
-        rc = ssh_channel_open_forward(
-            p->bch, ssh_message_channel_request_open_destination(p->open_msg),
-            ssh_message_channel_request_open_destination_port(p->open_msg),
-            ssh_message_channel_request_open_originator(p->open_msg) ?: "127.0.0.1",
-            ssh_message_channel_request_open_originator_port(p->open_msg));
-    else
+    switch (p->kind) {
+    case PK_SESSION:
         rc = ssh_channel_open_session(p->bch);
+        break;
+    case PK_DIRECT:
+        rc = ssh_channel_open_forward(p->bch, ssh_message_channel_request_open_destination(m),
+                                      ssh_message_channel_request_open_destination_port(m),
+                                      orig != NULL ? orig : "127.0.0.1", oport);
+        break;
+    case PK_FORWARDED:
+        rc = ssh_channel_open_reverse_forward(p->cch,
+                                              ssh_message_channel_request_open_destination(m),
+                                              ssh_message_channel_request_open_destination_port(m),
+                                              orig != NULL ? orig : "127.0.0.1", oport);
+        break;
+    default: /* PK_AGENT */
+        rc = ssh_channel_open_auth_agent(p->cch);
+        break;
+    }
     if (rc == SSH_AGAIN)
         return;
     if (rc != SSH_OK) {
-        ssh_message_reply_default(p->open_msg);
-        ssh_message_free(p->open_msg);
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
         p->open_msg = NULL;
         p->state = PAIR_DONE;
         return;
     }
-    p->cch = ssh_message_channel_request_open_reply_accept(p->open_msg);
-    ssh_message_free(p->open_msg);
+    ssh_channel accepted = ssh_message_channel_request_open_reply_accept(m);
+    ssh_message_free(m);
     p->open_msg = NULL;
-    if (p->cch == NULL) {
-        p->c_closed = p->c_close_done = true;
+    if (p->reverse)
+        p->bch = accepted;
+    else
+        p->cch = accepted;
+    if (accepted == NULL) {
+        if (p->reverse)
+            p->b_closed = p->b_close_done = true;
+        else
+            p->c_closed = p->c_close_done = true;
         p->state = PAIR_CLOSING;
         return;
     }
@@ -374,6 +439,9 @@ static void progress_requests(sshp_pair *p)
             break;
         case REQ_BREAK:
             rc = ssh_channel_request_send_break(p->bch, 0);
+            break;
+        case REQ_AGENT:
+            rc = ssh_channel_request_auth_agent(p->bch);
             break;
         default:
             rc = SSH_ERROR;
@@ -532,8 +600,64 @@ static void pair_free(sshp_conn *c, sshp_pair *p)
     free(p);
 }
 
+/* ---- global requests: remote forwarding (-R) ---- */
+
+void sshp_global_message(sshp_conn *c, ssh_message m)
+{
+    int sub = ssh_message_subtype(m);
+    sshp_global *g = NULL;
+    if (sub == SSH_GLOBAL_REQUEST_TCPIP_FORWARD || sub == SSH_GLOBAL_REQUEST_CANCEL_TCPIP_FORWARD)
+        g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        ssh_message_reply_default(m);
+        ssh_message_free(m);
+        return;
+    }
+    g->msg = m;
+    if (c->globals_tail == NULL)
+        c->globals_tail = &c->globals;
+    *c->globals_tail = g;
+    c->globals_tail = &g->next;
+}
+
+/* One global request at a time per session (libssh 0.10 keeps one slot; a second call while
+ * one is pending is never sent), and replies go back in order. */
+static void progress_globals(sshp_conn *c)
+{
+    while (c->globals != NULL) {
+        sshp_global *g = c->globals;
+        ssh_message m = g->msg;
+        const char *addr = ssh_message_global_request_address(m);
+        int port = ssh_message_global_request_port(m);
+        int bound = port;
+        int rc;
+        bool add = ssh_message_subtype(m) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD;
+        if (add)
+            rc = ssh_channel_listen_forward(c->bs, addr, port, &bound);
+        else
+            rc = ssh_channel_cancel_forward(c->bs, addr, port);
+        if (rc == SSH_AGAIN)
+            return;
+        c->globals = g->next;
+        if (c->globals == NULL)
+            c->globals_tail = &c->globals;
+        if (rc == SSH_OK) {
+            if (add)
+                c->nforwards++;
+            else if (c->nforwards > 0)
+                c->nforwards--;
+            ssh_message_global_request_reply_success(m, (uint16_t)(port == 0 ? bound : port));
+        } else {
+            ssh_message_reply_default(m);
+        }
+        ssh_message_free(m);
+        free(g);
+    }
+}
+
 void sshp_channels_progress(sshp_conn *c)
 {
+    progress_globals(c);
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
         if (p->state == PAIR_OPENING)
             progress_open(p);
@@ -563,6 +687,13 @@ void sshp_channels_progress(sshp_conn *c)
 
 void sshp_channels_free_all(sshp_conn *c)
 {
+    while (c->globals != NULL) {
+        sshp_global *g = c->globals;
+        c->globals = g->next;
+        ssh_message_free(g->msg);
+        free(g);
+    }
+    c->globals_tail = &c->globals;
     while (c->pairs != NULL) {
         sshp_pair *p = c->pairs;
         c->pairs = p->next;

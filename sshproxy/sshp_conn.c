@@ -144,8 +144,9 @@ static void dispatch_client(sshp_conn *c, ssh_message m)
         sshp_channel_open_message(c, m);
     } else if (type == SSH_REQUEST_CHANNEL) {
         sshp_channel_request_message(c, m);
+    } else if (type == SSH_REQUEST_GLOBAL) {
+        sshp_global_message(c, m);
     } else {
-        /* Global requests (tcpip-forward, ...): refused for now. */
         ssh_message_reply_default(m);
         ssh_message_free(m);
     }
