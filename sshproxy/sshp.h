@@ -154,6 +154,7 @@ typedef enum sshp_auth_kind {
     AUTH_NONE_YET,
     AUTH_PASSWORD,
     AUTH_PUBKEY,
+    AUTH_KBDINT,
 } sshp_auth_kind;
 
 struct sshp_conn {

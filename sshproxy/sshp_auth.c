@@ -11,6 +11,7 @@
 #include "sshp.h"
 
 #define MAX_KEYS 256
+#define METHODS (SSH_AUTH_METHOD_PUBLICKEY | SSH_AUTH_METHOD_PASSWORD | SSH_AUTH_METHOD_INTERACTIVE)
 #define UNAVAILABLE_MSG "service temporarily unavailable, please try again later"
 
 static void wipe_password(sshp_conn *c)
@@ -130,7 +131,7 @@ static void reply_failure(sshp_conn *c)
 {
     if (c->held_auth == NULL)
         return;
-    ssh_message_auth_set_methods(c->held_auth, SSH_AUTH_METHOD_PUBLICKEY | SSH_AUTH_METHOD_PASSWORD);
+    ssh_message_auth_set_methods(c->held_auth, METHODS);
     ssh_message_reply_default(c->held_auth);
     ssh_message_free(c->held_auth);
     c->held_auth = NULL;
@@ -160,8 +161,9 @@ static void auth_fail(sshp_conn *c, const char *why, bool delay)
     const sshp_conf *cf = sshp_conf_of(c->w);
     c->auth_failures++;
     wipe_password(c);
-    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "method=%s reason=%s",
-                 c->auth_kind == AUTH_PUBKEY ? "publickey" : "password", why);
+    static const char *const kinds[] = {"none", "password", "publickey", "keyboard-interactive"};
+    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "method=%s reason=%s", kinds[c->auth_kind],
+                 why);
     if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
         /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */
         uint64_t base = (uint64_t)cf->auth_fail_delay_ms;
@@ -280,6 +282,23 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         c->held_auth = m;
         break;
     }
+    case SSH_AUTH_METHOD_INTERACTIVE:
+        if (ssh_message_auth_kbdint_is_response(m)) {
+            bool fake_prompt = c->route_known && c->route.status == DPH_ROUTE_UNKNOWN_USER;
+            if (c->auth_kind != AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
+                ssh_message_reply_default(m);
+                ssh_message_free(m);
+                return;
+            }
+            /* Answers to the backend's prompts we relayed: hand them over. */
+            int n = fake_prompt ? 0 : ssh_userauth_kbdint_getnanswers(c->cs);
+            for (int i = 0; i < n; i++)
+                ssh_userauth_kbdint_setanswer(c->bs, (unsigned)i,
+                                              ssh_userauth_kbdint_getanswer(c->cs, (unsigned)i));
+        }
+        c->auth_kind = AUTH_KBDINT;
+        c->held_auth = m;
+        break;
     case SSH_AUTH_METHOD_PUBLICKEY:
         c->auth_kind = AUTH_PUBKEY;
         c->held_auth = m;
@@ -288,7 +307,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         break;
     default:
         /* "none" and methods we do not offer: list ours. */
-        ssh_message_auth_set_methods(m, SSH_AUTH_METHOD_PUBLICKEY | SSH_AUTH_METHOD_PASSWORD);
+        ssh_message_auth_set_methods(m, METHODS);
         ssh_message_reply_default(m);
         ssh_message_free(m);
         return;
@@ -309,13 +328,37 @@ static void backend_auth(sshp_conn *c)
 {
     const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
     int rc;
-    if (c->auth_kind == AUTH_PASSWORD && c->route.auth != DPH_AUTH_MAPPED_KEY &&
-        c->route.auth != DPH_AUTH_PROXY_KEY) {
+    bool key_route = c->route.auth == DPH_AUTH_MAPPED_KEY || c->route.auth == DPH_AUTH_PROXY_KEY;
+    if (c->auth_kind == AUTH_KBDINT && !key_route) {
+        /* Passthrough: the backend's prompts (PAM, OTP) go to the client and back. */
+        c->auth_method = "keyboard-interactive";
+        /* Called for the client's first request and again once it has answered (the answers
+         * are already set on the backend session); libssh sends what is set. */
+        rc = ssh_userauth_kbdint(c->bs, buser, NULL);
+        if (rc == SSH_AUTH_INFO) {
+            int n = ssh_userauth_kbdint_getnprompts(c->bs);
+            const char *prompts[32];
+            char echo[32];
+            if (n < 0 || n > 32) {
+                refuse_session(c, "backend sent too many prompts", UNAVAILABLE_MSG);
+                return;
+            }
+            for (int i = 0; i < n; i++)
+                prompts[i] = ssh_userauth_kbdint_getprompt(c->bs, (unsigned)i, &echo[i]);
+            ssh_message_auth_interactive_request(c->held_auth, ssh_userauth_kbdint_getname(c->bs),
+                                                 ssh_userauth_kbdint_getinstruction(c->bs),
+                                                 (unsigned)n, prompts, echo);
+            ssh_message_free(c->held_auth);
+            c->held_auth = NULL;
+            c->be_auth_started = true; /* the round goes on when the client answers */
+            return;
+        }
+    } else if (c->auth_kind == AUTH_PASSWORD && !key_route) {
         c->auth_method = "password";
         rc = ssh_userauth_password(c->bs, buser, c->password);
     } else {
         c->auth_method = c->auth_kind == AUTH_PUBKEY ? "publickey" : "password";
-        if (c->auth_kind == AUTH_PASSWORD) {
+        if (c->auth_kind == AUTH_PASSWORD || c->auth_kind == AUTH_KBDINT) {
             /* The route says the backend takes the proxy's key, but the client proved
              * nothing to us: a password we cannot check must not open a key login. */
             auth_fail(c, "password_not_accepted_for_key_route", true);
@@ -365,6 +408,16 @@ void sshp_auth_progress(sshp_conn *c)
         return;
     switch (c->route.status) {
     case DPH_ROUTE_UNKNOWN_USER:
+        if (c->auth_kind == AUTH_KBDINT && !ssh_message_auth_kbdint_is_response(c->held_auth)) {
+            /* A real backend would prompt through PAM first: so do we, or the missing prompt
+             * would tell unknown users apart. */
+            const char *prompt[] = {"Password: "};
+            char echo[] = {0};
+            ssh_message_auth_interactive_request(c->held_auth, "", "", 1, prompt, echo);
+            ssh_message_free(c->held_auth);
+            c->held_auth = NULL;
+            return;
+        }
         auth_fail(c, "unknown_user", true);
         return;
     case DPH_ROUTE_MAINTENANCE:
