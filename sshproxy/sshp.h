@@ -47,6 +47,9 @@ typedef struct sshp_worker {
     ssh_bind bind;       /* host keys + algorithms for client-facing sessions */
     ssh_key proxy_key;   /* the key the proxy logs in to backends with (may be NULL) */
     sshp_conn *conns;    /* every live connection of this worker */
+    ssh_key *known_keys; /* ssh.known_hosts, parsed at start: the fallback when a route */
+    char **known_names;  /*   has no pin ("host" or "[host]:port" per key) */
+    size_t nknown;
     unsigned nconns;
     uint32_t next_id;
 } sshp_worker;
@@ -229,6 +232,11 @@ struct sshp_conn {
     bool logged_start;
     uint64_t bytes_in, bytes_out; /* of closed pairs */
     bool in_pump, pump_again;
+    uint64_t last_activity_ms; /* data through any channel (idle timeout) */
+    /* a per-route key file (mapped-key, or proxy-key with key_path), read on the threadpool */
+    uv_work_t key_work;
+    bool key_loading, key_loaded;
+    ssh_key route_key;
     sshp_conn *prev, *next;
 };
 

@@ -47,6 +47,10 @@ void sshp_auth_cleanup(sshp_conn *c)
     }
     wipe_password(c);
     free_keys(c);
+    if (!c->key_loading) {
+        ssh_key_free(c->route_key);
+        c->route_key = NULL;
+    }
 }
 
 /* ---- asynchronous answers ---- */
@@ -189,6 +193,7 @@ static void auth_succeeded(sshp_conn *c)
         sshp_startup_release((struct sockaddr *)&c->client);
         c->startup_slot = false;
     }
+    c->last_activity_ms = dp_now_ms();
     if (cf->idle_timeout_s > 0)
         sshp_conn_arm_timer(c, (uint64_t)cf->idle_timeout_s * 1000);
     else if (c->timer_open)
@@ -324,6 +329,37 @@ static void refuse_session(sshp_conn *c, const char *reason, const char *text)
     sshp_conn_fail(c, reason, text);
 }
 
+static void key_load_work(uv_work_t *w)
+{
+    sshp_conn *c = w->data;
+    if (ssh_pki_import_privkey_file(c->route.key_path, NULL, NULL, NULL, &c->route_key) != SSH_OK)
+        c->route_key = NULL;
+}
+
+static void key_load_done(uv_work_t *w, int status)
+{
+    sshp_conn *c = w->data;
+    c->key_loading = false;
+    c->key_loaded = true;
+    if (c->state == CONN_DEAD) {
+        sshp_conn_maybe_free(c);
+        return;
+    }
+    if (c->route_key == NULL)
+        dp_slog_error(c->prefix, "cannot read key %s for backend %s", c->route.key_path,
+                      c->route.backend);
+    sshp_conn_pump(c);
+}
+
+static void start_key_load(sshp_conn *c)
+{
+    c->key_work.data = c;
+    if (uv_queue_work(dp_worker_loop(c->w), &c->key_work, key_load_work, key_load_done) == 0)
+        c->key_loading = true;
+    else
+        c->key_loaded = true; /* route_key stays NULL: refused with a log line */
+}
+
 static void backend_auth(sshp_conn *c)
 {
     const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
@@ -364,13 +400,25 @@ static void backend_auth(sshp_conn *c)
             auth_fail(c, "password_not_accepted_for_key_route", true);
             return;
         }
-        if (c->sw->proxy_key == NULL || c->route.auth == DPH_AUTH_MAPPED_KEY) {
-            dp_slog_error(c->prefix, "no usable key to log in to backend %s (auth %d)",
-                          c->route.backend, c->route.auth);
+        ssh_key key = c->sw->proxy_key;
+        if (c->route.key_path[0] != '\0') {
+            /* A per-user (mapped) or per-route key file: read off the loop, once. */
+            if (!c->key_loaded) {
+                if (!c->key_loading)
+                    start_key_load(c);
+                return;
+            }
+            key = c->route_key;
+        }
+        if (key == NULL) {
+            dp_slog_error(c->prefix, "no usable key to log in to backend %s (auth %s, key %s)",
+                          c->route.backend,
+                          c->route.auth == DPH_AUTH_MAPPED_KEY ? "mapped-key" : "proxy-key",
+                          c->route.key_path[0] ? c->route.key_path : "ssh.proxy_key unset");
             refuse_session(c, "no backend key", UNAVAILABLE_MSG);
             return;
         }
-        rc = ssh_userauth_publickey(c->bs, buser, c->sw->proxy_key);
+        rc = ssh_userauth_publickey(c->bs, buser, key);
     }
     c->be_auth_started = true;
     switch (rc) {

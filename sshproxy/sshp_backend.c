@@ -96,6 +96,24 @@ static void start_handshake(sshp_conn *c)
         sshp_backend_step(c);
 }
 
+/* The fallback for routes without a pin: ssh.known_hosts, read at start. Entries name the
+ * backend as "address" (port 22) or "[address]:port", as OpenSSH writes them. */
+static int known_host(sshp_conn *c, ssh_key key)
+{
+    sshp_worker *sw = c->sw;
+    char name[DPH_ADDR_MAX + 16];
+    int port = c->route.ssh_port ? c->route.ssh_port : 22;
+    if (port == 22)
+        snprintf(name, sizeof name, "%s", c->route.address);
+    else
+        snprintf(name, sizeof name, "[%s]:%d", c->route.address, port);
+    for (size_t i = 0; i < sw->nknown; i++)
+        if (strcmp(sw->known_names[i], name) == 0 &&
+            ssh_key_cmp(sw->known_keys[i], key, SSH_KEY_CMP_PUBLIC) == 0)
+            return 0;
+    return -1;
+}
+
 /* Compare the backend's host key with the route's "SHA256:..." pin. */
 static int check_host_key(sshp_conn *c)
 {
@@ -108,10 +126,15 @@ static int check_host_key(sshp_conn *c)
         ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0 &&
         (fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) != NULL) {
         if (c->route.hostkey_sha256[0] == '\0') {
-            dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_unpinned",
-                         "backend=%s fingerprint=%s msg=\"route has no host key pin; refused\"",
-                         c->route.backend, fp);
-            snprintf(c->reason, sizeof c->reason, "backend host key not pinned");
+            if (known_host(c, key) == 0) {
+                rc = 0;
+            } else {
+                dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_unknown",
+                             "backend=%s fingerprint=%s msg=\"route has no host key pin and "
+                             "ssh.known_hosts does not list this key; refused\"",
+                             c->route.backend, fp);
+                snprintf(c->reason, sizeof c->reason, "backend host key not pinned or known");
+            }
         } else if (strcmp(fp, c->route.hostkey_sha256) != 0) {
             dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_mismatch",
                          "backend=%s expected=%s got=%s msg=\"host key mismatch: possible "

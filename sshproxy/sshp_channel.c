@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "dp_log.h"
+#include "dp_util.h"
 #include "sshp.h"
 
 #define MAX_PAIRS 128
@@ -487,6 +488,7 @@ static void flush(sshp_pair *p, int stream, ssh_channel dst, ssh_session dsess, 
         if (w <= 0)
             return;
         buf_consume(b, (size_t)w);
+        p->conn->last_activity_ms = dp_now_ms();
         if (in)
             p->bytes_in += (uint64_t)w;
         else

@@ -39,8 +39,11 @@ static void conn_free(sshp_conn *c)
  * handle, no getaddrinfo, no hook call in flight. */
 void sshp_conn_maybe_free(sshp_conn *c)
 {
-    if (c->state == CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending)
+    if (c->state == CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending &&
+        !c->key_loading) {
+        ssh_key_free(c->route_key); /* loaded after teardown, or never freed by it */
         conn_free(c);
+    }
 }
 
 static void handle_closed(uv_handle_t *h)
@@ -246,9 +249,17 @@ static void on_timer(uv_timer_t *t)
     case CONN_AUTH:
         sshp_conn_fail(c, "login grace time exceeded", "login grace time exceeded");
         break;
-    case CONN_OPEN:
-        sshp_conn_fail(c, "idle timeout", "idle timeout");
+    case CONN_OPEN: {
+        /* Armed for the full idle time after the last activity; traffic since then only
+         * moves the deadline (cheaper than re-arming the timer for every write). */
+        uint64_t idle_ms = (uint64_t)sshp_conf_of(c->w)->idle_timeout_s * 1000;
+        uint64_t since = dp_now_ms() - c->last_activity_ms;
+        if (since < idle_ms)
+            sshp_conn_arm_timer(c, idle_ms - since);
+        else
+            sshp_conn_fail(c, "idle timeout", "idle timeout");
         break;
+    }
     case CONN_CLOSING:
         snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
                  " (disconnect message not flushed)");

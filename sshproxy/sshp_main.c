@@ -114,6 +114,64 @@ static int bind_set(ssh_bind b, enum ssh_bind_options_e opt, const void *v, cons
     return 0;
 }
 
+/* Read ssh.known_hosts once, at start (never on the loop later). Plain host names only:
+ * hashed entries (|1|...) cannot be matched against a route address and are skipped. */
+static int load_known_hosts(sshp_worker *sw, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        dp_log_error("ssh.known_hosts %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char line[16384];
+    unsigned lineno = 0, hashed = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        lineno++;
+        char *save = NULL;
+        char *hosts = strtok_r(line, " \t\r\n", &save);
+        if (hosts == NULL || hosts[0] == '#' || hosts[0] == '@')
+            continue;
+        if (hosts[0] == '|') {
+            hashed++;
+            continue;
+        }
+        char *type = strtok_r(NULL, " \t\r\n", &save);
+        char *b64 = strtok_r(NULL, " \t\r\n", &save);
+        ssh_key key = NULL;
+        if (type == NULL || b64 == NULL ||
+            ssh_pki_import_pubkey_base64(b64, ssh_key_type_from_name(type), &key) != SSH_OK) {
+            dp_log_warn("ssh.known_hosts %s:%u: not a host key line, skipped", path, lineno);
+            continue;
+        }
+        char *hsave = NULL;
+        for (char *h = strtok_r(hosts, ",", &hsave); h != NULL; h = strtok_r(NULL, ",", &hsave)) {
+            ssh_key *nk = realloc(sw->known_keys, (sw->nknown + 1) * sizeof *nk);
+            char **nn = realloc(sw->known_names, (sw->nknown + 1) * sizeof *nn);
+            if (nk != NULL)
+                sw->known_keys = nk;
+            if (nn != NULL)
+                sw->known_names = nn;
+            if (nk == NULL || nn == NULL)
+                break;
+            ssh_key dup = NULL;
+            sw->known_names[sw->nknown] = strdup(h);
+            if (ssh_pki_export_privkey_to_pubkey(key, &dup) != SSH_OK ||
+                sw->known_names[sw->nknown] == NULL) {
+                free(sw->known_names[sw->nknown]);
+                ssh_key_free(dup);
+                break;
+            }
+            sw->known_keys[sw->nknown++] = dup;
+        }
+        ssh_key_free(key);
+    }
+    fclose(f);
+    if (hashed > 0)
+        dp_log_warn("ssh.known_hosts %s: %u hashed entries skipped (pin those backends instead)",
+                    path, hashed);
+    return 0;
+}
+
 static int sshp_start(dp_worker *w)
 {
     const sshp_conf *cf = sshp_conf_of(w);
@@ -151,6 +209,8 @@ static int sshp_start(dp_worker *w)
         rc = bind_set(sw->bind, SSH_BIND_OPTIONS_BANNER, banner, "banner");
     if (rc != 0)
         return rc;
+    if (cf->known_hosts[0] != '\0' && load_known_hosts(sw, cf->known_hosts) != 0)
+        return -EINVAL;
     if (cf->proxy_key[0] != '\0' &&
         ssh_pki_import_privkey_file(cf->proxy_key, NULL, NULL, NULL, &sw->proxy_key) != SSH_OK) {
         dp_log_error("cannot read ssh.proxy_key %s", cf->proxy_key);
@@ -188,6 +248,12 @@ static void sshp_fini(dp_worker *w)
     if (sw->bind != NULL)
         ssh_bind_free(sw->bind);
     ssh_key_free(sw->proxy_key);
+    for (size_t i = 0; i < sw->nknown; i++) {
+        ssh_key_free(sw->known_keys[i]);
+        free(sw->known_names[i]);
+    }
+    free(sw->known_keys);
+    free(sw->known_names);
     free(sw);
 }
 
