@@ -168,6 +168,7 @@ struct sshp_conn {
     char prefix[256]; /* logfmt session prefix */
     sshp_conn_state state;
     uint64_t started_ms;
+    int64_t started_unix_ms;
     struct sockaddr_storage client;
     char client_text[64];
     bool startup_slot;
@@ -247,6 +248,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg);
 void sshp_conn_kick(sshp_conn *c, const char *reason);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
 void sshp_conn_maybe_free(sshp_conn *c);
+void sshp_conn_notify_hook(sshp_conn *c, bool end);
 /* uv_close with the connection's counting close callback (the memory outlives the handle). */
 void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open);
 int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd);

@@ -203,6 +203,7 @@ static void auth_succeeded(sshp_conn *c)
     dp_log_event(DP_LOG_INFO, NULL, "session_start", "sid=%s user=%s client=%s backend=%s auth=%s",
                  c->sid, dp_logq(user, sizeof user, c->user), c->client_text,
                  dp_logq(backend, sizeof backend, c->route.backend), c->auth_method);
+    sshp_conn_notify_hook(c, false);
 }
 
 /* ---- public keys ---- */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dp_log.h"
@@ -296,6 +297,24 @@ void sshp_conn_kick(sshp_conn *c, const char *reason)
     sshp_conn_fail(c, reason, reason);
 }
 
+/* Tell the hook (optional session_start/session_end ops), fire-and-forget on the threadpool. */
+void sshp_conn_notify_hook(sshp_conn *c, bool end)
+{
+    dph_session s = {
+        .struct_size = sizeof s,
+        .id = c->sid,
+        .user = c->user,
+        .client_ip = c->client_text,
+        .backend = c->route.backend,
+        .proto = DPH_PROTO_SSH,
+        .started_unix_ms = c->started_unix_ms,
+        .bytes_in = c->bytes_in + sshp_channels_bytes(c, true),
+        .bytes_out = c->bytes_out + sshp_channels_bytes(c, false),
+        .end_reason = end ? c->reason : NULL,
+    };
+    dp_hook_session_event(dp_daemon_worker_hook(c->w), dp_worker_loop(c->w), &s, end);
+}
+
 static void log_end(sshp_conn *c)
 {
     char user[160], reason[200], backend[100];
@@ -318,6 +337,8 @@ static void conn_end(sshp_conn *c)
         return;
     if (c->logged_start || c->user[0] != '\0')
         log_end(c);
+    if (c->logged_start)
+        sshp_conn_notify_hook(c, true);
     c->state = CONN_DEAD;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->client);
@@ -369,6 +390,9 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->id = ++sw->next_id;
     snprintf(c->sid, sizeof c->sid, "%02x%06x", dp_worker_index(sw->w) & 0xff, c->id & 0xffffff);
     c->started_ms = dp_now_ms();
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    c->started_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     c->client = ci->peer;
     snprintf(c->client_text, sizeof c->client_text, "%s", addr);
     snprintf(c->prefix, sizeof c->prefix, "sid=%s client=%s", c->sid, addr);
