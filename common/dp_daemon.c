@@ -235,6 +235,12 @@ static void hook_error(const generation *g, const char *key, const char *why, ch
     snprintf(err, errlen, "%s: %s: %s", where, path, why);
 }
 
+static void forward_invalidate(void *arg, const char *user)
+{
+    const dp_daemon_def *def = arg;
+    def->on_invalidate(user);
+}
+
 /* Load and validate a configuration file into a new generation (refs = 1). When `reuse` is a
  * generation whose hook has the same path and settings, its hook is shared instead of being
  * loaded again (a reload that changes nothing in hook.* keeps the hook's connections). */
@@ -293,6 +299,8 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
                 g->hook = NULL;
             } else {
                 atomic_init(&g->hook->refs, 1);
+                if (def->on_invalidate != NULL)
+                    dp_hook_subscribe(g->hook->hook, forward_invalidate, (void *)def);
             }
         }
     }

@@ -54,6 +54,9 @@ typedef struct dp_daemon_def {
     /* Cross-key validation after loading. Return 0, or -1 with err set. */
     int (*check)(const void *conf, const dp_conf_src *src, char *err, size_t errlen);
     const dp_worker_ops *ops; /* accept etc.; dp_daemon_worker_cache() is ready in start */
+    /* Optional: every invalidation any loaded hook issues (user NULL = all), for state the
+     * daemon keeps beside the route caches. Called from any thread; must not block. */
+    void (*on_invalidate)(const char *user);
 } dp_daemon_def;
 
 /* Run the daemon; returns the process exit status (0 ok, 1 config error, 2 usage, 3 runtime). */

@@ -61,6 +61,11 @@ const sshp_conf *sshp_conf_of(dp_worker *w);
 int sshp_startup_acquire(const struct sockaddr *client, int max_total, int max_per_ip);
 void sshp_startup_release(const struct sockaddr *client);
 
+/* Last known authorized keys, for outages (sshp_keycache.c). Thread-safe. */
+void sshp_keycache_store(const char *user, const char *const *keys, size_t n);
+int sshp_keycache_get(const char *user, uint64_t max_age_ms, char ***keys, size_t *n);
+void sshp_keycache_drop(const char *user);
+
 /* ---- staging buffer: bytes taken from one channel stream, not yet written to the peer ---- */
 
 typedef struct sshp_buf {
@@ -207,6 +212,7 @@ struct sshp_conn {
     dph_route route;
     dp_hook_call *keys_call;
     bool keys_pending, keys_known;
+    bool keys_failed; /* no fresh keys and no recent ones: "temporarily unavailable" */
     char **keys;
     size_t nkeys;
 

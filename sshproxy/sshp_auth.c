@@ -80,9 +80,17 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
         for (size_t i = 0; c->keys != NULL && i < n; i++)
             if ((c->keys[c->nkeys] = strdup(keys[i])) != NULL)
                 c->nkeys++;
+        sshp_keycache_store(c->user, keys, n);
     } else {
-        dp_slog_warn(c->prefix, "authorized keys of %s unavailable: %s", c->user,
-                     strerror(-status));
+        const sshp_conf *cf = sshp_conf_of(c->w);
+        if (sshp_keycache_get(c->user, (uint64_t)cf->common.cache_ttl_ms + cf->common.cache_stale_ms,
+                              &c->keys, &c->nkeys) == 0) {
+            dp_slog_warn(c->prefix, "authorized keys unavailable (%s); using the last known ones",
+                         strerror(-status));
+        } else {
+            dp_slog_warn(c->prefix, "authorized keys unavailable: %s", strerror(-status));
+            c->keys_failed = true;
+        }
     }
     c->keys_known = true;
     sshp_conn_pump(c);
@@ -485,6 +493,10 @@ void sshp_auth_progress(sshp_conn *c)
     if (c->auth_kind == AUTH_PUBKEY) {
         if (!c->keys_known)
             return;
+        if (c->keys_failed) {
+            refuse_session(c, "authorized keys unavailable", UNAVAILABLE_MSG);
+            return;
+        }
         if (!key_listed(c, ssh_message_auth_pubkey(c->held_auth))) {
             auth_fail(c, "key_not_listed", false);
             return;

@@ -265,6 +265,7 @@ static const dp_daemon_def sshp_def = {
     .table = &sshp_table,
     .conf_size = sizeof(sshp_conf),
     .ops = &sshp_ops,
+    .on_invalidate = sshp_keycache_drop,
 };
 
 int main(int argc, char **argv)

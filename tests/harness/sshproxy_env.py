@@ -178,6 +178,9 @@ class SshProxyEnv:
         self.proxy = None
         self.port = None
         self.restarts = 0
+        self.logfile = None
+        self.logfile_tail = ""
+        self.cleanup_problems = []
 
     # ---- setup ---------------------------------------------------------------------------
     def __enter__(self):
@@ -346,11 +349,14 @@ class SshProxyEnv:
                 self.pg.destroy()
             except Exception as e:  # noqa: BLE001
                 problems.append("destroy PostgreSQL: %r" % e)
+        if self.logfile and os.path.exists(self.logfile):
+            self.logfile_tail = dpenv.tail(self.logfile, 40)
         if self.tmp and not os.environ.get("DP_KEEP_TMP"):
             dpenv.rmtree(self.tmp)
         elif self.tmp:
             dpenv.log("DP_KEEP_TMP: kept %s", self.tmp)
         self.backends, self.users, self.pg, self.proxy = {}, [], None, None
+        self.cleanup_problems = problems
         return problems
 
     # ---- proxy log -----------------------------------------------------------------------

@@ -1,0 +1,338 @@
+#!/usr/bin/python3
+"""e2e.sshproxy_load: sshproxy under concurrency and backpressure, with real OpenSSH.
+
+  1 slow reader, download: a client stops reading while the backend streams 200 MiB; the
+    backend's writer must stay blocked (backpressure) and the proxy's RSS (VmRSS) must stay
+    within a bound of where it started; then the client reads on and gets every byte.
+  2 slow reader, upload: the client sends 200 MiB to a backend command that does not read;
+    the client must be held back, RSS bounded; then the backend reads on and counts every byte.
+  3 200 concurrent sessions (4 users on 2 backends), all open at the same moment (a barrier
+    on the backend), each echoing 1 MiB of random data through `cat`: every checksum equal,
+    the right backend, one session_end line each.
+
+Run by ctest (label e2e) or directly as root:
+    PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_sshproxy_load.py [1 2 3]
+"""
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
+import dpenv  # noqa: E402
+from checks import Checks  # noqa: E402
+from sshproxy_env import SshProxyEnv, kill_group, proxy_missing, vm_rss_kib  # noqa: E402
+
+check = Checks()
+MiB = 1 << 20
+STREAM = 200 * MiB
+RSS_BOUND_MIB = 64          # growth allowed while a 200 MiB stream is stalled
+STALL_SECONDS = 5.0
+SESSIONS = 200
+NUSERS = 4
+ECHO_BYTES = 1 * MiB
+BARRIER_TIMEOUT = 120.0
+
+
+def note(msg, *args):
+    dpenv.log(msg, *args)
+
+
+def asan(pid):
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
+class Fifo:
+    """A named pipe the backend commands block on (`read -r _ < fifo`) until released."""
+
+    def __init__(self, path):
+        self.path = path
+        os.mkfifo(path)
+        os.chmod(path, 0o666)
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)   # never blocks, never EOF
+
+    def release(self, n):
+        """Let n waiting (or later) readers go: one line each."""
+        os.set_blocking(self.fd, True)
+        os.write(self.fd, b"\n" * n)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def user_procs(uids, needle=None, comm=None):
+    """Pids of processes owned by uids whose cmdline contains needle / comm equals comm."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.stat("/proc/" + d).st_uid not in uids:
+                continue
+            if comm is not None:
+                with open("/proc/%s/comm" % d) as f:
+                    if f.read().strip() != comm:
+                        continue
+            if needle is not None:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if needle.encode() not in f.read():
+                        continue
+        except OSError:
+            continue
+        out.append(int(d))
+    return out
+
+
+def sample_rss(pid, seconds, interval=0.1):
+    peak = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        v = vm_rss_kib(pid)
+        if v is None:
+            break
+        peak = max(peak, v)
+        time.sleep(interval)
+    return peak
+
+
+def rss_bound(env):
+    mib = RSS_BOUND_MIB * (2 if asan(env.proxy_pid) else 1)
+    return mib * 1024, mib
+
+
+# ---- 1 slow reader, download ----------------------------------------------------------------
+def t_slow_download(env):
+    u = env.users[0]
+    pid = env.proxy_pid
+    base = vm_rss_kib(pid)
+    bound_kib, bound_mib = rss_bound(env)
+    argv, e = env.ssh_argv(u, "head -c %d /dev/zero; echo done >&2" % STREAM, key=True)
+    p = subprocess.Popen(argv, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    timer = threading.Timer(120, kill_group, (p,))
+    timer.start()
+    try:
+        got = len(p.stdout.read(MiB) or b"")   # the stream runs...
+        if not check(got == MiB, "slow reader (download): the stream starts",
+                     "read %d bytes; exit %s" % (got, p.poll())):
+            return
+        time.sleep(1.0)                           # ...then the client stops reading
+        peak = sample_rss(pid, STALL_SECONDS)
+        writers = user_procs({u.uid}, comm="head")
+        check(p.poll() is None and writers,
+              "slow reader (download): the backend's writer is held back while the client "
+              "does not read (backpressure)",
+              "ssh exit %s, backend 'head' processes %s" % (p.poll(), writers))
+        check(peak - base < bound_kib,
+              "slow reader (download): proxy RSS grew %.1f MiB (< %d MiB) with a 200 MiB "
+              "stream stalled" % ((peak - base) / 1024.0, bound_mib),
+              "VmRSS %d KiB before, %d KiB peak" % (base, peak))
+        nonzero = 0
+        while True:
+            chunk = p.stdout.read(4 * MiB)
+            if not chunk:
+                break
+            got += len(chunk)
+            nonzero += len(chunk) - chunk.count(0)
+        rc = p.wait(30)
+        err = p.stderr.read().decode("utf-8", "replace")
+        check(rc == 0 and got == STREAM and nonzero == 0 and "done" in err,
+              "slow reader (download): reading on, all 200 MiB arrive",
+              "exit %s, %d bytes (%d non-zero), stderr %r" % (rc, got, nonzero, err[-300:]))
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            kill_group(p)
+        p.stdout.close()
+        p.stderr.close()
+
+
+# ---- 2 slow reader, upload ------------------------------------------------------------------
+def t_slow_upload(env):
+    u = env.users[1]
+    pid = env.proxy_pid
+    bound_kib, bound_mib = rss_bound(env)
+    sparse = os.path.join(env.tmp, "zeros.bin")
+    with open(sparse, "wb") as f:
+        f.truncate(STREAM)
+    fifo = Fifo(os.path.join(env.tmp, "upload.fifo"))
+    base = vm_rss_kib(pid)
+    argv, e = env.ssh_argv(u, "read -r _ < %s; wc -c" % fifo.path, key=True)
+    src = open(sparse, "rb")
+    p = subprocess.Popen(argv, env=e, stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    timer = threading.Timer(120, kill_group, (p,))
+    timer.start()
+    try:
+        waiting = dpenv.wait_until(lambda: user_procs({u.uid}, needle=fifo.path), 20)
+        if not check(waiting, "slow reader (upload): the backend command runs",
+                     "ssh exit %s" % p.poll()):
+            return
+        time.sleep(1.0)
+        peak = sample_rss(pid, STALL_SECONDS)
+        try:
+            with open("/proc/%d/io" % p.pid) as f:
+                rchar = int([ln for ln in f if ln.startswith("rchar:")][0].split()[1])
+        except (OSError, IndexError, ValueError):
+            rchar = -1
+        check(p.poll() is None and 0 <= rchar < STREAM // 2,
+              "slow reader (upload): the client is held back while the backend does not read "
+              "(read %.1f of 200 MiB)" % (rchar / MiB),
+              "ssh exit %s, rchar %d" % (p.poll(), rchar))
+        check(peak - base < bound_kib,
+              "slow reader (upload): proxy RSS grew %.1f MiB (< %d MiB) with a 200 MiB "
+              "upload stalled" % ((peak - base) / 1024.0, bound_mib),
+              "VmRSS %d KiB before, %d KiB peak" % (base, peak))
+        fifo.release(1)
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            kill_group(p)
+            out, err = p.communicate()
+        check(p.returncode == 0 and out.strip() == str(STREAM).encode(),
+              "slow reader (upload): reading on, the backend counts all 200 MiB",
+              "exit %s, stdout %r, stderr %r" % (p.returncode, out[-200:], err[-300:]))
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            kill_group(p)
+        src.close()
+        fifo.close()
+        os.unlink(sparse)
+
+
+# ---- 3 200 concurrent sessions --------------------------------------------------------------
+def t_concurrent(env):
+    users = env.users[:NUSERS]
+    uids = {u.uid for u in users}
+    fifo = Fifo(os.path.join(env.tmp, "barrier.fifo"))
+    cmd = "read -r _ < %s; echo $DYNPROXY_BACKEND >&2; exec cat" % fifo.path
+    jobs = []
+    for i in range(SESSIONS):
+        data = os.urandom(ECHO_BYTES)
+        jobs.append((users[i % len(users)], data, hashlib.sha256(data).hexdigest()))
+    off = env.log_offset()
+    t0 = time.monotonic()
+
+    def one(job):
+        u, data, _ = job
+        return env.ssh(u, cmd, key=True, input=data, binary=True, timeout=240)
+
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        futs = [pool.submit(one, j) for j in jobs]
+        peak = [0]
+
+        def count():
+            n = len(user_procs(uids, needle=fifo.path))
+            peak[0] = max(peak[0], n)
+            return n >= SESSIONS or all(f.done() for f in futs)
+
+        try:
+            dpenv.wait_until(count, BARRIER_TIMEOUT, interval=0.25)
+            took = time.monotonic() - t0
+            rss = vm_rss_kib(env.proxy_pid) if env.proxy_pid else None
+        finally:
+            fifo.release(SESSIONS)     # whatever happened: nobody stays blocked
+        check(peak[0] >= SESSIONS,
+              "%d sessions open at the same time through the proxy (reached in %.1fs)"
+              % (SESSIONS, took),
+              "at most %d sessions waited on the backend together" % peak[0])
+        if rss:
+            note("proxy VmRSS with %d sessions open: %.1f MiB", peak[0], rss / 1024.0)
+        res = [f.result() for f in futs]
+    fifo.close()
+    took = time.monotonic() - t0
+    bad = []
+    wrong_backend = []
+    for (u, data, want), r in zip(jobs, res):
+        got = hashlib.sha256(r.out).hexdigest()
+        if r.rc != 0 or got != want:
+            bad.append("%s: %s (got %d bytes)" % (u.name, r, len(r.out)))
+        elif r.err.strip() != env.route_of[u.name].encode():
+            wrong_backend.append("%s: %r" % (u.name, r.err[-100:]))
+    check(not bad, "%d concurrent sessions each echoed 1 MiB, all sha256 equal (%d failed, "
+          "%.1fs)" % (SESSIONS, len(bad), took), "\n".join(bad[:5]))
+    check(not wrong_backend, "every concurrent session ran on its user's backend",
+          "\n".join(wrong_backend[:5]))
+    if not env.selftest:
+        env.wait_log(lambda t: len(env.events("session_end", after=off)) >= SESSIONS,
+                     after=off, timeout=10)
+        ends = [e for e in env.events("session_end", after=off)
+                if e.get("user") in {u.name for u in users}]
+        full = [e for e in ends if int(e.get("bytes_in", "0") or 0) >= ECHO_BYTES
+                and int(e.get("bytes_out", "0") or 0) >= ECHO_BYTES]
+        check(len(ends) == SESSIONS and len(full) == SESSIONS,
+              "one session_end line per session, each with >= 1 MiB each way",
+              "%d session_end lines, %d with full byte counts" % (len(ends), len(full)))
+    note("%d sessions x 2 MiB in %.1fs", SESSIONS, took)
+
+
+TESTS = [
+    ("1 slow reader download", t_slow_download),
+    ("2 slow reader upload", t_slow_upload),
+    ("3 concurrent sessions", t_concurrent),
+]
+
+
+def main(argv):
+    if os.geteuid() != 0:
+        check(False, "test_sshproxy_load needs root (useradd, mount namespaces)")
+        return check.finish()
+    missing = proxy_missing()
+    if missing and not os.environ.get("DP_SSHPROXY_SELFTEST"):
+        check(False, missing)
+        return check.finish()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 8192):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    only = set(argv)
+    t0 = time.monotonic()
+    env = SshProxyEnv(nusers=NUSERS, ssh_conf={"max_startups_per_ip": 1000})
+    try:
+        with env:
+            env.route_of = {}
+            for i, u in enumerate(env.users):
+                env.route_of[u.name] = "web1" if i % 2 == 0 else "web2"
+                if env.route_of[u.name] != "web1":
+                    env.move(u, env.route_of[u.name])
+            env.settle()
+            for name, fn in TESTS:
+                if only and name.split()[0] not in only:
+                    continue
+                ts = time.monotonic()
+                print("# %s" % name, flush=True)
+                try:
+                    fn(env)
+                except Exception:  # noqa: BLE001 - a harness error is a failed check
+                    check.harness_error("%s: harness error" % name)
+                died = env.ensure_proxy()
+                if died:
+                    check(False, "sshproxy still running after section %s" % name, died)
+                note("section %s took %.1fs", name, time.monotonic() - ts)
+            if not env.selftest and not only:
+                rc, took = env.stop_proxy()
+                check(rc == 0, "SIGTERM after the load: sshproxy exits 0 (took %.1fs)" % took,
+                      "exit status %s; %s" % (rc, dpenv.tail(env.logfile, 15)))
+            if check.failed and not env.selftest:
+                print("--- sshproxy log (tail) ---\n%s" % dpenv.tail(env.logfile, 30))
+    except Exception:  # noqa: BLE001
+        check.harness_error("sshproxy test environment")
+        if env.logfile_tail:
+            print("--- sshproxy log (tail) ---\n%s" % env.logfile_tail)
+    for p in env.cleanup_problems:
+        check(False, "cleanup: %s" % p)
+    note("test_sshproxy_load took %.1fs", time.monotonic() - t0)
+    return check.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
