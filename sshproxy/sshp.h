@@ -273,6 +273,7 @@ void sshp_backend_cleanup(sshp_conn *c);
 /* A client global request (tcpip-forward, cancel-tcpip-forward) waiting for the backend. */
 typedef struct sshp_global {
     ssh_message msg;
+    bool sent; /* on the wire to the backend (the reply may race with the first channel) */
     struct sshp_global *next;
 } sshp_global;
 

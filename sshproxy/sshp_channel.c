@@ -245,7 +245,11 @@ void sshp_channel_backend_open(sshp_conn *c, ssh_message m)
     bool allowed;
     if (sub == SSH_CHANNEL_FORWARDED_TCPIP) {
         kind = PK_FORWARDED;
-        allowed = c->nforwards > 0;
+        /* The backend may open the first forwarded channel in the same poll that brings its
+         * reply to tcpip-forward: a forward counts from the moment it was sent. */
+        allowed = c->nforwards > 0 ||
+                  (c->globals != NULL && c->globals->sent &&
+                   ssh_message_subtype(c->globals->msg) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD);
     } else if (sub == SSH_CHANNEL_AUTH_AGENT) {
         kind = PK_AGENT;
         allowed = c->agent_forwarding;
@@ -638,8 +642,10 @@ static void progress_globals(sshp_conn *c)
             rc = ssh_channel_listen_forward(c->bs, addr, port, &bound);
         else
             rc = ssh_channel_cancel_forward(c->bs, addr, port);
-        if (rc == SSH_AGAIN)
+        if (rc == SSH_AGAIN) {
+            g->sent = true;
             return;
+        }
         c->globals = g->next;
         if (c->globals == NULL)
             c->globals_tail = &c->globals;

@@ -665,11 +665,10 @@ def forward_session(env, u, spec, ready_port, label):
     p = subprocess.Popen(argv, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, start_new_session=True)
     try:
-        # watch for the listening socket without connecting to it, then give the forward's
-        # confirmation time to travel back through the proxy before the first connection
+        # Connect as soon as the port listens: the first forwarded channel may reach the proxy
+        # in the same poll as the backend's reply to tcpip-forward, and must still pass.
         up = dpenv.wait_until(lambda: p.poll() is not None or listening(ready_port), 15) \
             and p.poll() is None
-        time.sleep(0.5)
         if not check(up, "%s: forwarded port 127.0.0.1:%d listens" % (label, ready_port),
                      "ssh exit %s" % p.poll()):
             return
@@ -694,10 +693,10 @@ def t_forwarding(env):
     try:
         lport = dpenv.free_port()
         forward_session(env, u, ["-L", "127.0.0.1:%d:127.0.0.1:%d" % (lport, echo)], lport,
-                        "-L local forwarding [may fail until implemented]")
+                        "-L local forwarding")
         rport = dpenv.free_port()
         forward_session(env, u, ["-R", "127.0.0.1:%d:127.0.0.1:%d" % (rport, echo)], rport,
-                        "-R remote forwarding [may fail until implemented]")
+                        "-R remote forwarding")
     finally:
         srv.shutdown()
         srv.server_close()
@@ -715,7 +714,7 @@ def t_forwarding(env):
         r = run_cmd(["ssh-add", "-q", akey], env=aenv, timeout=10)
         if not check(r.rc == 0, "private ssh-agent holds the test key", r):
             return
-        label = "-A agent forwarding [may fail until implemented]"
+        label = "-A agent forwarding"
         # -A with SSH_AUTH_SOCK (OpenSSH 9.2 ignores ForwardAgent=<path> here), so the
         # harness's IdentityAgent=none must go; IdentitiesOnly keeps the agent out of auth
         argv, e = env.ssh_argv(u, "ssh-add -l", key=True, extra=["-A"])
