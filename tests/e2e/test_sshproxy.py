@@ -552,6 +552,44 @@ def t_git(env):
               "a second push from the clone updates the bare repository", "%s / %s" % (r, d))
 
 
+# ---- 15 PuTTY (plink, psftp) ------------------------------------------------------------------
+def putty_hostkeys(env):
+    """-hostkey arguments pinning every proxy host key by its SHA256 fingerprint."""
+    args = []
+    for path in env.host_keys:
+        fp = dpenv.run(["ssh-keygen", "-l", "-f", path + ".pub"], timeout=10).stdout.split()[1]
+        args += ["-hostkey", fp]
+    return args
+
+
+def t_putty(env):
+    u = env.users[0]
+    base = ["-batch", "-P", str(env.port)] + putty_hostkeys(env)
+    r = run_cmd(["plink", "-ssh"] + base + ["-pw", u.password, "%s@127.0.0.1" % u.name,
+                                            "echo $DYNPROXY_BACKEND; exit 5"], timeout=30)
+    check(r.rc == 5 and r.out.strip() == "web1",
+          "plink with a password reaches web1 and returns the exit status", r)
+    ppk = os.path.join(env.tmp, "%s.ppk" % u.name)
+    dpenv.run(["puttygen", u.key, "-O", "private", "-o", ppk], timeout=30)
+    r = run_cmd(["plink", "-ssh"] + base + ["-i", ppk, "%s@127.0.0.1" % u.name,
+                                            "echo $DYNPROXY_BACKEND"], timeout=30)
+    check(r.rc == 0 and r.out.strip() == "web1", "plink with a key (ppk) reaches web1", r)
+    src = os.path.join(env.tmp, "putty-src.bin")
+    back = os.path.join(env.tmp, "putty-back.bin")
+    with open(src, "wb") as f:
+        f.write(os.urandom(10 * 1024 * 1024))
+    script = os.path.join(env.tmp, "psftp.batch")
+    with open(script, "w") as f:
+        f.write("put %s putty.bin\nget putty.bin %s\nquit\n" % (src, back))
+    r = run_cmd(["psftp"] + base + ["-pw", u.password, "-b", script, "%s@127.0.0.1" % u.name],
+                timeout=60)
+    same = os.path.exists(back) and dpenv.sha256_file(src) == dpenv.sha256_file(back)
+    remote = env.backend_path("web1", u, "putty.bin")
+    same_remote = os.path.exists(remote) and dpenv.sha256_file(remote) == dpenv.sha256_file(src)
+    check(r.rc == 0 and same and same_remote,
+          "psftp put + get of 10 MiB through the proxy, sha256 equal on both ends", r)
+
+
 # ---- 10 ControlMaster -----------------------------------------------------------------------
 def t_controlmaster(env):
     u = env.users[0]
@@ -818,6 +856,7 @@ TESTS = [
     ("11 forwarding", t_forwarding),
     ("12 session log", t_session_log),
     ("13 PostgreSQL down", t_db_down),
+    ("15 PuTTY", t_putty),
 ]
 
 
