@@ -100,10 +100,10 @@ typedef struct sshp_req {
 } sshp_req;
 
 typedef enum sshp_pair_state {
-    PAIR_OPENING,  /* backend channel being opened; client's open message held */
+    PAIR_OPENING, /* backend channel being opened; client's open message held */
     PAIR_OPEN,
-    PAIR_CLOSING,  /* draining and closing both sides */
-    PAIR_DONE,     /* both closed: free at the end of the pump */
+    PAIR_CLOSING, /* draining and closing both sides */
+    PAIR_DONE,    /* both closed: free at the end of the pump */
 } sshp_pair_state;
 
 typedef enum sshp_pair_kind {
@@ -141,10 +141,10 @@ typedef struct sshp_pair {
 /* ---- connection (sshp_conn.c, sshp_auth.c, sshp_backend.c) ---- */
 
 typedef enum sshp_conn_state {
-    CONN_KEX,      /* client key exchange */
-    CONN_AUTH,     /* client authentication (lookup, backend dial and login happen here) */
-    CONN_OPEN,     /* both sides authenticated: channels relay */
-    CONN_CLOSING,  /* flushing a disconnect message, then free */
+    CONN_KEX,     /* client key exchange */
+    CONN_AUTH,    /* client authentication (lookup, backend dial and login happen here) */
+    CONN_OPEN,    /* both sides authenticated: channels relay */
+    CONN_CLOSING, /* flushing a disconnect message, then free */
     CONN_DEAD,
 } sshp_conn_state;
 
@@ -181,8 +181,8 @@ struct sshp_conn {
     /* client-facing libssh session */
     ssh_session cs;
     ssh_event cev;
-    int cfd;             /* libssh owns it */
-    uv_poll_t cpoll;     /* on a dup() of cfd: libssh may close cfd at any time */
+    int cfd;         /* libssh owns it */
+    uv_poll_t cpoll; /* on a dup() of cfd: libssh may close cfd at any time */
     int cpoll_fd;
     bool cpoll_open;
 
@@ -201,9 +201,9 @@ struct sshp_conn {
     bool be_timer_open;
     struct sockaddr_storage baddr;
 
-    uv_timer_t timer;   /* login grace / connect / idle / close deadline */
+    uv_timer_t timer; /* login grace / connect / idle / close deadline */
     bool timer_open;
-    int open_handles;   /* handles whose close callback is still due */
+    int open_handles; /* handles whose close callback is still due */
 
     /* routing */
     char user[DPH_USER_MAX];
@@ -217,20 +217,20 @@ struct sshp_conn {
     size_t nkeys;
 
     /* authentication */
-    ssh_message held_auth;     /* waiting for the route / backend */
+    ssh_message held_auth; /* waiting for the route / backend */
     sshp_auth_kind auth_kind;
-    char *password;            /* wiped as soon as the backend has it */
+    char *password; /* wiped as soon as the backend has it */
     bool be_auth_started;
     int auth_failures;
-    uv_timer_t fail_timer;     /* delays failures so unknown users look like wrong passwords */
+    uv_timer_t fail_timer; /* delays failures so unknown users look like wrong passwords */
     bool fail_timer_open, fail_pending;
-    const char *auth_method;   /* for the session log line */
+    const char *auth_method; /* for the session log line */
 
     /* channels */
     sshp_pair *pairs;
     unsigned npairs;
-    bool agent_forwarding;  /* the client asked for it: backend agent channels are bridged */
-    unsigned nforwards;     /* remote forwards (-R) the backend holds for this client */
+    bool agent_forwarding; /* the client asked for it: backend agent channels are bridged */
+    unsigned nforwards;    /* remote forwards (-R) the backend holds for this client */
     struct sshp_global *globals, **globals_tail; /* client global requests, one at a time */
 
     /* end */

@@ -83,7 +83,8 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
         sshp_keycache_store(c->user, keys, n);
     } else {
         const sshp_conf *cf = sshp_conf_of(c->w);
-        if (sshp_keycache_get(c->user, (uint64_t)cf->common.cache_ttl_ms + cf->common.cache_stale_ms,
+        if (sshp_keycache_get(c->user,
+                              (uint64_t)cf->common.cache_ttl_ms + cf->common.cache_stale_ms,
                               &c->keys, &c->nkeys) == 0) {
             dp_slog_warn(c->prefix, "authorized keys unavailable (%s); using the last known ones",
                          strerror(-status));
@@ -153,8 +154,7 @@ static void after_failure(sshp_conn *c)
 {
     const sshp_conf *cf = sshp_conf_of(c->w);
     if (c->auth_failures >= cf->max_auth_tries)
-        sshp_conn_fail(c, "too many authentication failures",
-                       "Too many authentication failures");
+        sshp_conn_fail(c, "too many authentication failures", "Too many authentication failures");
 }
 
 static void on_fail_timer(uv_timer_t *t)

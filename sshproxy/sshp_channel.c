@@ -101,15 +101,13 @@ static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
     return (int)n;
 }
 
-static int c_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr,
-                  void *ud)
+static int c_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch, (void)is_stderr;
     return take(ud, ST_C2B, data, len);
 }
 
-static int b_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr,
-                  void *ud)
+static int b_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch;
     return take(ud, is_stderr ? ST_B2C_ERR : ST_B2C_OUT, data, len);
@@ -228,8 +226,7 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
 void sshp_channel_open_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
-    if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) ||
-        c->npairs >= MAX_PAIRS ||
+    if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) || c->npairs >= MAX_PAIRS ||
         pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP ? PK_DIRECT : PK_SESSION) == NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
@@ -529,8 +526,8 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
 
 static bool b2c_drained(const sshp_pair *p)
 {
-    return p->st[ST_B2C_OUT].len == 0 && p->st[ST_B2C_ERR].len == 0 &&
-           !p->leftover[ST_B2C_OUT] && !p->leftover[ST_B2C_ERR];
+    return p->st[ST_B2C_OUT].len == 0 && p->st[ST_B2C_ERR].len == 0 && !p->leftover[ST_B2C_OUT] &&
+           !p->leftover[ST_B2C_ERR];
 }
 
 static bool c2b_drained(const sshp_pair *p)

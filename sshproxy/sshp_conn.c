@@ -168,8 +168,7 @@ static void pump_once(sshp_conn *c)
         if (rc == SSH_OK) {
             c->state = CONN_AUTH;
         } else if (rc == SSH_ERROR) {
-            snprintf(c->reason, sizeof c->reason, "key exchange failed: %s",
-                     ssh_get_error(c->cs));
+            snprintf(c->reason, sizeof c->reason, "key exchange failed: %s", ssh_get_error(c->cs));
             conn_end(c);
             return;
         }

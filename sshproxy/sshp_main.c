@@ -64,22 +64,25 @@ static const dp_conf_entry sshp_entries[] = {
      "failed authentication attempts before disconnecting"},
     {"ssh.max_startups", DP_CONF_INT, OFF(max_startups), "1000", 1, 1000000, R, NULL, NULL,
      "concurrent unauthenticated connections, total"},
-    {"ssh.max_startups_per_ip", DP_CONF_INT, OFF(max_startups_per_ip), "100", 1, 1000000, R,
-     NULL, NULL, "concurrent unauthenticated connections per client address"},
-    {"ssh.connect_timeout_ms", DP_CONF_INT, OFF(connect_timeout_ms), "5000", 100, 120000, R,
-     NULL, NULL, "deadline for the backend TCP connect and SSH handshake"},
+    {"ssh.max_startups_per_ip", DP_CONF_INT, OFF(max_startups_per_ip), "100", 1, 1000000, R, NULL,
+     NULL, "concurrent unauthenticated connections per client address"},
+    {"ssh.connect_timeout_ms", DP_CONF_INT, OFF(connect_timeout_ms), "5000", 100, 120000, R, NULL,
+     NULL, "deadline for the backend TCP connect and SSH handshake"},
     {"ssh.idle_timeout_s", DP_CONF_INT, OFF(idle_timeout_s), "0", 0, 604800, R, NULL, NULL,
      "close sessions idle this long; 0 = never"},
-    {"ssh.channel_buffer", DP_CONF_INT, OFF(channel_buffer), "2097152", 1310720, 67108864, R,
-     NULL, NULL, "per channel and direction staging cap, bytes (>= 1.25 MiB: libssh 0.10 window)"},
+    {"ssh.channel_buffer", DP_CONF_INT, OFF(channel_buffer), "2097152", 1310720, 67108864, R, NULL,
+     NULL, "per channel and direction staging cap, bytes (>= 1.25 MiB: libssh 0.10 window)"},
     {"ssh.auth_fail_delay_ms", DP_CONF_INT, OFF(auth_fail_delay_ms), "2000", 0, 30000, R, NULL,
-     NULL, "delay (+-25 %) before refusing an unknown user: a wrong password costs about this much on the backend (PAM)"},
+     NULL,
+     "delay (+-25 %) before refusing an unknown user: a wrong password costs about this much on "
+     "the backend (PAM)"},
     {"ssh.version", DP_CONF_STRING, OFF(version), "dynproxy", 1, 64, 0, NULL, NULL,
      "software version in the SSH banner (SSH-2.0-<this>)"},
 };
 #undef R
 #undef OFF
-static const dp_conf_table sshp_table = {sshp_entries, sizeof sshp_entries / sizeof sshp_entries[0]};
+static const dp_conf_table sshp_table = {sshp_entries,
+                                         sizeof sshp_entries / sizeof sshp_entries[0]};
 
 /* ---- libssh's log goes into ours (its settings are per thread) ---- */
 
