@@ -52,6 +52,9 @@ typedef struct sshp_worker {
     size_t nknown;
     unsigned nconns;
     uint32_t next_id;
+    uint64_t last_trim_ms; /* malloc_trim after sessions end, rate-limited */
+    uv_timer_t trim_timer; /* the trim a burst of closes deferred */
+    bool trim_timer_open;
 } sshp_worker;
 
 sshp_worker *sshp_worker_of(dp_worker *w);

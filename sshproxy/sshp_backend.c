@@ -19,6 +19,10 @@
     "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,"        \
     "rsa-sha2-256"
 
+#define BACKEND_CIPHERS                                                                            \
+    "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,"      \
+    "aes256-ctr"
+
 static void be_failed(sshp_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void be_failed(sshp_conn *c, const char *fmt, ...)
 {
@@ -78,6 +82,16 @@ static void start_handshake(sshp_conn *c)
     /* Debian's libssh refuses some user names in SSH_OPTIONS_USER (shell metacharacters);
      * the name goes to ssh_userauth_* directly, which does not check it. */
     ssh_options_set(c->bs, SSH_OPTIONS_USER, buser);
+    /* Offer the backend the cipher the client chose first: the client picked it for its own
+     * reasons (AES-GCM rides AES-NI; chacha20 wins without it), and a relay whose two hops
+     * use different ciphers pays for the slower one. */
+    const char *cin = ssh_get_cipher_in(c->cs);
+    if (cin != NULL) {
+        char list[512];
+        snprintf(list, sizeof list, "%s,%s", cin, BACKEND_CIPHERS);
+        ssh_options_set(c->bs, SSH_OPTIONS_CIPHERS_C_S, list);
+        ssh_options_set(c->bs, SSH_OPTIONS_CIPHERS_S_C, list);
+    }
     c->bs_connect_called = true;
     int rc = ssh_connect(c->bs);
     /* libssh 0.10 resets the socket to blocking during connect (socket.c F_SETFL 0). */

@@ -41,7 +41,7 @@ static uint8_t *buf_reserve(sshp_buf *b, size_t n)
         b->off = 0;
     }
     if (b->off + b->len + n > b->alloc) {
-        size_t want = b->alloc ? b->alloc : 65536;
+        size_t want = b->alloc ? b->alloc : 16384;
         while (want < b->len + n)
             want *= 2;
         if (want > b->cap)
@@ -74,13 +74,12 @@ static void buf_consume(sshp_buf *b, size_t n)
     b->off += n;
     b->len -= n;
     if (b->len == 0) {
+        /* Drained: give the memory back. Most channels are idle most of the time, and a
+         * kept buffer per stream is what idle sessions would pay for. */
+        free(b->data);
+        b->data = NULL;
+        b->alloc = 0;
         b->off = 0;
-        /* A drained buffer of a quiet channel gives its memory back. */
-        if (b->alloc > 65536) {
-            free(b->data);
-            b->data = NULL;
-            b->alloc = 0;
-        }
     }
 }
 

@@ -2,6 +2,7 @@
  * from libuv readiness, deadlines, the disconnect message, teardown and the session log line. */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,9 +24,29 @@ static void conn_end(sshp_conn *c);
 
 /* ---- handles ---- */
 
+/* glibc keeps freed heap pages; after sessions end, RSS would stay at its high-water mark and
+ * creep up with churn. Give free pages back, at most once a second per worker. */
+#define TRIM_INTERVAL_MS 1000
+
+static void trim_now(sshp_worker *sw)
+{
+    sw->last_trim_ms = dp_now_ms();
+    malloc_trim(0);
+}
+
+static void on_trim_timer(uv_timer_t *t)
+{
+    trim_now(t->data);
+}
+
 static void conn_free(sshp_conn *c)
 {
     sshp_worker *sw = c->sw;
+    uint64_t since = dp_now_ms() - sw->last_trim_ms;
+    if (since >= TRIM_INTERVAL_MS)
+        trim_now(sw);
+    else if (sw->trim_timer_open && !uv_is_active((uv_handle_t *)&sw->trim_timer))
+        uv_timer_start(&sw->trim_timer, on_trim_timer, TRIM_INTERVAL_MS - since, 0);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else

@@ -183,6 +183,10 @@ static int sshp_start(dp_worker *w)
         return -ENOMEM;
     sw->w = w;
     dp_daemon_worker_set_data(w, sw);
+    uv_timer_init(dp_worker_loop(w), &sw->trim_timer);
+    sw->trim_timer.data = sw;
+    uv_unref((uv_handle_t *)&sw->trim_timer); /* never keeps a stopping loop alive */
+    sw->trim_timer_open = true;
     ssh_set_log_callback(libssh_log);
     ssh_set_log_level(DP_LOG_ENABLED(DP_LOG_DEBUG) ? SSH_LOG_PROTOCOL : SSH_LOG_WARN);
 
@@ -232,15 +236,16 @@ static void sshp_stop(dp_worker *w)
     sshp_worker *sw = sshp_worker_of(w);
     if (sw == NULL)
         return;
-    while (sw->conns != NULL) {
-        sshp_conn *c = sw->conns;
-        sshp_conn_kick(c, "proxy shutting down");
-        if (sw->conns == c) /* kick unlinks only once closed; move on */
-            break;
+    if (sw->trim_timer_open) {
+        sw->trim_timer_open = false;
+        uv_close((uv_handle_t *)&sw->trim_timer, NULL); /* sw is freed after the loop ends */
     }
-    for (sshp_conn *c = sw->conns; c != NULL; c = c->next)
-        if (c->state != CONN_CLOSING && c->state != CONN_DEAD)
-            sshp_conn_kick(c, "proxy shutting down");
+    /* Each connection flushes a disconnect message and closes; its memory goes when its
+     * handles have closed, so take `next` first. */
+    for (sshp_conn *c = sw->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        sshp_conn_kick(c, "proxy shutting down");
+    }
 }
 
 static void sshp_fini(dp_worker *w)
