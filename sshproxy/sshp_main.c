@@ -146,6 +146,8 @@ static int load_known_hosts(sshp_worker *sw, const char *path)
             dp_log_warn("ssh.known_hosts %s:%u: not a host key line, skipped", path, lineno);
             continue;
         }
+        ssh_key_free(key);
+        enum ssh_keytypes_e ktype = ssh_key_type_from_name(type);
         char *hsave = NULL;
         for (char *h = strtok_r(hosts, ",", &hsave); h != NULL; h = strtok_r(NULL, ",", &hsave)) {
             ssh_key *nk = realloc(sw->known_keys, (sw->nknown + 1) * sizeof *nk);
@@ -156,19 +158,20 @@ static int load_known_hosts(sshp_worker *sw, const char *path)
                 sw->known_names = nn;
             if (nk == NULL || nn == NULL)
                 break;
-            ssh_key dup = NULL;
-            sw->known_names[sw->nknown] = strdup(h);
-            if (ssh_pki_export_privkey_to_pubkey(key, &dup) != SSH_OK ||
-                sw->known_names[sw->nknown] == NULL) {
-                free(sw->known_names[sw->nknown]);
-                ssh_key_free(dup);
+            /* One key object per name (import again: libssh has no public-key dup). */
+            ssh_key k = NULL;
+            char *name = strdup(h);
+            if (name == NULL || ssh_pki_import_pubkey_base64(b64, ktype, &k) != SSH_OK) {
+                free(name);
                 break;
             }
-            sw->known_keys[sw->nknown++] = dup;
+            sw->known_names[sw->nknown] = name;
+            sw->known_keys[sw->nknown++] = k;
         }
-        ssh_key_free(key);
     }
     fclose(f);
+    if (dp_worker_index(sw->w) == 0)
+        dp_log_info("ssh.known_hosts %s: %zu host entries", path, sw->nknown);
     if (hashed > 0)
         dp_log_warn("ssh.known_hosts %s: %u hashed entries skipped (pin those backends instead)",
                     path, hashed);

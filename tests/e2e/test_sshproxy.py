@@ -552,6 +552,40 @@ def t_git(env):
               "a second push from the clone updates the bare repository", "%s / %s" % (r, d))
 
 
+# ---- 16 known_hosts fallback ------------------------------------------------------------------
+def restart_proxy(env):
+    env.stop_proxy()
+    env.write_config()
+    env.start_proxy()
+
+
+def t_known_hosts(env):
+    """Routes without a pin: ssh.known_hosts decides; without an entry the login is refused."""
+    web1 = env.backends["web1"]
+    kh = os.path.join(env.tmp, "backend_known_hosts")
+    with open(kh, "w") as f:
+        f.write("# web1 only\n[127.0.0.1]:%d %s\n" % (web1.ssh_port, web1.ssh_hostkey_pub))
+    env.ssh_conf["known_hosts"] = kh
+    restart_proxy(env)
+    env.pg.psql("UPDATE dynproxy.backends SET hostkey_sha256 = NULL")
+    env.settle()
+    try:
+        r = env.ssh(env.users[0], "echo $DYNPROXY_BACKEND", key=True)
+        check(ok_out(r, "web1"), "unpinned route, backend in ssh.known_hosts: login works", r)
+        off = env.log_offset()
+        r = env.ssh(env.users[2], "echo $DYNPROXY_BACKEND", key=True, timeout=30)
+        check(r.rc not in (0, None) and "web2" not in r.out,
+              "unpinned route, backend not in ssh.known_hosts: refused", r)
+        check(env.wait_log("event=hostkey_unknown", after=off, timeout=3),
+              "the refusal is logged as hostkey_unknown", dpenv.tail(env.logfile, 5))
+    finally:
+        for name in env.backends:
+            env.set_pin(name, None, settle=False)
+        env.settle()
+        del env.ssh_conf["known_hosts"]
+        restart_proxy(env)
+
+
 # ---- 15 PuTTY (plink, psftp) ------------------------------------------------------------------
 def putty_hostkeys(env):
     """-hostkey arguments pinning every proxy host key by its SHA256 fingerprint."""
@@ -857,6 +891,7 @@ TESTS = [
     ("12 session log", t_session_log),
     ("13 PostgreSQL down", t_db_down),
     ("15 PuTTY", t_putty),
+    ("16 known_hosts", t_known_hosts),
 ]
 
 
