@@ -303,6 +303,10 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
         conn_end(c);
         return;
     }
+    /* ssh_disconnect frees the session's channels itself: our pairs (and their libssh
+     * channels) go first, so nothing touches a freed channel later. Their CLOSEs are queued
+     * now and flushed with everything else before the DISCONNECT. */
+    sshp_channels_free_all(c);
     /* libssh drops the DISCONNECT unless the output side is idle when ssh_disconnect runs:
      * flush first (the pump calls ssh_disconnect when nothing is pending), bounded. */
     ssh_session_set_disconnect_message(c->cs, client_msg);

@@ -586,6 +586,85 @@ def t_known_hosts(env):
         restart_proxy(env)
 
 
+# ---- 17 limits ----------------------------------------------------------------------------------
+def silent_conn(port):
+    """A TCP connection that sends nothing; returns the socket."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def closed_within(s, seconds):
+    """Read until EOF; True if the peer closed within `seconds` (banner bytes are fine)."""
+    s.settimeout(seconds)
+    t0 = time.monotonic()
+    try:
+        while True:
+            if not s.recv(4096):
+                return True, time.monotonic() - t0
+    except (socket.timeout, TimeoutError):
+        return False, time.monotonic() - t0
+    except OSError:
+        return True, time.monotonic() - t0
+
+
+def t_limits(env):
+    saved = dict(env.ssh_conf)
+    env.ssh_conf.update({"max_startups_per_ip": 2, "login_grace_ms": 1500,
+                         "idle_timeout_s": 2, "max_auth_tries": 2})
+    restart_proxy(env)
+    try:
+        a, b = silent_conn(env.port), silent_conn(env.port)
+        time.sleep(0.3)
+        c = silent_conn(env.port)
+        closed, took = closed_within(c, 1.0)
+        check(closed and took < 0.5, "max_startups_per_ip=2: a third unauthenticated "
+              "connection from the same address is dropped at once", "%.2fs" % took)
+        closed, took = closed_within(a, 3.0)
+        check(closed and 1.0 <= took + 0.3 <= 2.5,
+              "login_grace_ms=1500: a silent client is disconnected on time", "%.2fs" % took)
+        b.close()
+        c.close()
+        r = env.ssh(env.users[0], "echo $DYNPROXY_BACKEND", key=True)
+        check(ok_out(r, "web1"), "slots are released: a normal login works again", r)
+        t0 = time.monotonic()
+        r = env.ssh(env.users[0], "sleep 6; echo done", key=True, loglevel="INFO", timeout=20)
+        took = time.monotonic() - t0
+        check(r.rc != 0 and "done" not in r.out and took < 5,
+              "idle_timeout_s=2: a silent session is closed with the reason",
+              "%s (%.1fs)" % (r, took))
+        # Two wrong passwords cost ~4 s of backend PAM delay: more than the short grace above.
+        env.ssh_conf["login_grace_ms"] = 30000
+        restart_proxy(env)
+        argv, e = env.ssh_argv(env.users[0], "true", password="wrong", loglevel="INFO")
+        argv = [a if a != "NumberOfPasswordPrompts=1" else "NumberOfPasswordPrompts=5"
+                for a in argv]
+        argv = [a if not a.startswith("PreferredAuthentications=") else
+                "PreferredAuthentications=password" for a in argv]
+        r = run_cmd(argv, env=e, timeout=60)
+        check(r.rc == 255 and "Too many authentication failures" in r.err,
+              "max_auth_tries=2: the second wrong password ends the connection with the reason",
+              r)
+        # SIGTERM with a session open: the session ends with the reason, the proxy exits 0.
+        off = env.log_offset()
+        argv, e = env.ssh_argv(env.users[0], "sleep 30", key=True, loglevel="INFO")
+        p = subprocess.Popen(argv, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            started = env.wait_log("event=session_start", after=off, timeout=10)
+            rc, took = env.stop_proxy()
+            out, err = p.communicate(timeout=10)
+            check(started and rc == 0 and took < 3,
+                  "SIGTERM with a session open: sshproxy exits 0", "rc=%s %.1fs" % (rc, took))
+            check(b"proxy shutting down" in err, "the client is told 'proxy shutting down'",
+                  err[-300:])
+        finally:
+            kill_group(p)
+    finally:
+        env.ssh_conf.clear()
+        env.ssh_conf.update(saved)
+        restart_proxy(env)
+
+
 # ---- 15 PuTTY (plink, psftp) ------------------------------------------------------------------
 def putty_hostkeys(env):
     """-hostkey arguments pinning every proxy host key by its SHA256 fingerprint."""
@@ -892,6 +971,7 @@ TESTS = [
     ("13 PostgreSQL down", t_db_down),
     ("15 PuTTY", t_putty),
     ("16 known_hosts", t_known_hosts),
+    ("17 limits", t_limits),
 ]
 
 
