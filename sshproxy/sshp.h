@@ -287,6 +287,8 @@ void sshp_global_message(sshp_conn *c, ssh_message m);
 void sshp_channel_request_message(sshp_conn *c, ssh_message m);
 void sshp_channels_progress(sshp_conn *c);
 void sshp_channels_free_all(sshp_conn *c);
+/* Write `text` to the stderr of every open session channel (before the proxy ends them). */
+void sshp_channels_notify(sshp_conn *c, const char *text);
 uint64_t sshp_channels_bytes(const sshp_conn *c, bool in);
 
 #endif

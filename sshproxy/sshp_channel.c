@@ -689,6 +689,18 @@ void sshp_channels_progress(sshp_conn *c)
     }
 }
 
+void sshp_channels_notify(sshp_conn *c, const char *text)
+{
+    char line[DPH_MESSAGE_MAX + 16];
+    int n = snprintf(line, sizeof line, "\r\n%s\r\n", text);
+    if (n <= 0)
+        return;
+    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
+        if (p->kind == PK_SESSION && p->state == PAIR_OPEN && p->cch != NULL &&
+            ssh_channel_is_open(p->cch))
+            ssh_channel_write_stderr(p->cch, line, (uint32_t)(n < (int)sizeof line ? n : 0));
+}
+
 void sshp_channels_free_all(sshp_conn *c)
 {
     while (c->globals != NULL) {

@@ -303,6 +303,9 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
         conn_end(c);
         return;
     }
+    /* A client whose session channel closes exits at once and may never read the DISCONNECT
+     * behind it: say why on each session channel's stderr first. */
+    sshp_channels_notify(c, client_msg);
     /* ssh_disconnect frees the session's channels itself: our pairs (and their libssh
      * channels) go first, so nothing touches a freed channel later. Their CLOSEs are queued
      * now and flushed with everything else before the DISCONNECT. */

@@ -646,11 +646,15 @@ def t_limits(env):
               r)
         # SIGTERM with a session open: the session ends with the reason, the proxy exits 0.
         off = env.log_offset()
-        argv, e = env.ssh_argv(env.users[0], "sleep 30", key=True, loglevel="INFO")
+        argv, e = env.ssh_argv(env.users[0], "echo running; sleep 30", key=True, loglevel="INFO")
         p = subprocess.Popen(argv, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
         try:
-            started = env.wait_log("event=session_start", after=off, timeout=10)
+            # Stop only once the command runs (not merely once the login is done: a channel
+            # still opening would be refused, which is a different, also correct, outcome).
+            ready, _, _ = select.select([p.stdout], [], [], 15)
+            started = bool(ready) and p.stdout.readline().strip() == b"running"
+            started = started and env.wait_log("event=session_start", after=off, timeout=5)
             rc, took = env.stop_proxy()
             out, err = p.communicate(timeout=10)
             check(started and rc == 0 and took < 3,
