@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
-from sshproxy_env import SSHPROXY, SshProxyEnv, kill_group, proxy_missing, run_cmd  # noqa: E402
+from sshproxy_env import SSHPROXY, SshProxyEnv, kill_group, preflight, run_cmd  # noqa: E402
 from users import make_keypair  # noqa: E402
 
 check = Checks()
@@ -980,12 +980,7 @@ TESTS = [
 
 
 def main(argv):
-    if os.geteuid() != 0:
-        check(False, "test_sshproxy needs root (useradd, mount namespaces)")
-        return check.finish()
-    missing = proxy_missing()
-    if missing and not os.environ.get("DP_SSHPROXY_SELFTEST"):
-        check(False, missing)
+    if not preflight(check, "test_sshproxy"):
         return check.finish()
     only = set(argv)
     t0 = time.monotonic()

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from sshproxy_env import SshProxyEnv, kill_group, proxy_missing, vm_rss_kib  # noqa: E402
+from sshproxy_env import SshProxyEnv, kill_group, preflight, vm_rss_kib  # noqa: E402
 
 check = Checks()
 MiB = 1 << 20
@@ -284,12 +284,7 @@ TESTS = [
 
 
 def main(argv):
-    if os.geteuid() != 0:
-        check(False, "test_sshproxy_load needs root (useradd, mount namespaces)")
-        return check.finish()
-    missing = proxy_missing()
-    if missing and not os.environ.get("DP_SSHPROXY_SELFTEST"):
-        check(False, missing)
+    if not preflight(check, "test_sshproxy_load"):
         return check.finish()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < min(hard, 8192):

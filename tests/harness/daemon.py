@@ -31,11 +31,7 @@ class Daemon:
         return self
 
     def log(self):
-        try:
-            with open(self.logfile, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return dpenv.read_text(self.logfile)
 
     def wait_log(self, needle, timeout=5.0, after=0):
         """Wait until `needle` appears in the log past offset `after`; returns True/False."""

@@ -129,6 +129,15 @@ def tail(path, lines=30):
     return "\n".join(data.splitlines()[-lines:])
 
 
+def read_text(path):
+    """A whole (log) file as text, undecodable bytes replaced; "" when it cannot be read."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def sha256_file(path):
     """Hex sha256 of a file's content."""
     h = hashlib.sha256()

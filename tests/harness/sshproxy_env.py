@@ -72,6 +72,19 @@ def proxy_missing():
         % (SSHPROXY, BUILD)
 
 
+def preflight(check, name):
+    """The checks every sshproxy driver starts with (root, a built proxy). Records one failed
+    check and returns False when the suite cannot run."""
+    if os.geteuid() != 0:
+        check(False, "%s needs root (useradd, mount namespaces)" % name)
+        return False
+    missing = proxy_missing()
+    if missing and not os.environ.get("DP_SSHPROXY_SELFTEST"):
+        check(False, missing)
+        return False
+    return True
+
+
 class Result:
     """What one client command did. out/err are str (or bytes with binary=True)."""
 
@@ -361,11 +374,7 @@ class SshProxyEnv:
 
     # ---- proxy log -----------------------------------------------------------------------
     def log(self):
-        try:
-            with open(self.logfile, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return dpenv.read_text(self.logfile)
 
     def log_offset(self):
         return len(self.log())
