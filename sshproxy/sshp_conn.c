@@ -14,8 +14,10 @@
 #include "sshp.h"
 
 /* dopoll reads at most 4 KiB per call (libssh 0.10): loop while it makes progress, bounded so
- * one busy connection cannot starve the others on the loop. */
-#define DOPOLL_BUDGET 64
+ * one busy connection cannot starve the others on the loop (256 calls = up to 1 MiB per turn).
+ * Measured (bench/ssh_bench.py): 64 -> 256 took a 1 GiB chacha20 stream from 396 to 440 MB/s
+ * and aes128-gcm from 729 to 834 MB/s (less pump overhead per byte); 1024 gave no more. */
+#define DOPOLL_BUDGET 256
 /* How long a disconnect message may take to flush before the socket is just closed. */
 #define CLOSE_FLUSH_MS 2000
 #define PUMP_ROUNDS 8
