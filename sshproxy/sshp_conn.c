@@ -221,8 +221,12 @@ static void pump_once(sshp_conn *c)
 
     if (c->state == CONN_CLOSING) {
         if (session_dead(c->cs) || !(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING)) {
-            if (!session_dead(c->cs))
+            if (!session_dead(c->cs)) {
+                /* Out of the event first: ssh_disconnect may leave the socket's poll handle
+                 * orphaned in an event that still holds the session. */
+                ssh_event_remove_session(c->cev, c->cs);
                 ssh_disconnect(c->cs); /* sends the message now that the output is idle */
+            }
             conn_end(c);
         }
         return;
