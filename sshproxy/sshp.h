@@ -128,6 +128,8 @@ typedef struct sshp_pair {
     sshp_buf st[3];
     bool leftover[3]; /* a callback could not take everything: bytes wait in libssh */
     sshp_req *reqs, **reqs_tail;
+    unsigned nreqs;
+    uint64_t closing_since_ms;
     bool req_sent;
     /* what arrived, forwarded once the data before it is drained */
     bool c_eof, b_eof, c_closed, b_closed;
@@ -235,6 +237,9 @@ struct sshp_conn {
     bool agent_forwarding; /* the client asked for it: backend agent channels are bridged */
     unsigned nforwards;    /* remote forwards (-R) the backend holds for this client */
     struct sshp_global *globals, **globals_tail; /* client global requests, one at a time */
+    unsigned nglobals;
+    const char *abuse;      /* set by a callback: the peer broke the protocol; end the connection */
+    unsigned auth_requests; /* every auth request, answered by us or not (flood bound) */
 
     /* end */
     char reason[160];

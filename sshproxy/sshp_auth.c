@@ -216,29 +216,32 @@ static void auth_succeeded(sshp_conn *c)
 
 /* ---- public keys ---- */
 
-/* Parse one authorized_keys line ("[options] type base64 [comment]") into a key. */
-static ssh_key parse_authorized(const char *line)
+/* Parse one authorized_keys line ("type base64 [comment]") into a key. Lines with options
+ * (from=, command=, expiry-time=, restrict, cert-authority, ...) are refused: the proxy does
+ * not enforce them, and silently ignoring a from= would widen the key's reach. */
+static ssh_key parse_authorized(sshp_conn *c, const char *line)
 {
     char buf[16384];
     snprintf(buf, sizeof buf, "%s", line);
     char *save = NULL;
-    for (char *tok = strtok_r(buf, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
-        enum ssh_keytypes_e type = ssh_key_type_from_name(tok);
-        if (type == SSH_KEYTYPE_UNKNOWN)
-            continue; /* an option such as from="..." */
-        char *b64 = strtok_r(NULL, " \t", &save);
-        ssh_key k = NULL;
-        if (b64 != NULL && ssh_pki_import_pubkey_base64(b64, type, &k) == SSH_OK)
-            return k;
+    char *tok = strtok_r(buf, " \t", &save);
+    enum ssh_keytypes_e type = tok != NULL ? ssh_key_type_from_name(tok) : SSH_KEYTYPE_UNKNOWN;
+    if (type == SSH_KEYTYPE_UNKNOWN) {
+        dp_slog_warn(c->prefix, "authorized key of %s skipped: options or unknown key type (%.40s)",
+                     c->user, tok != NULL ? tok : "");
         return NULL;
     }
+    char *b64 = strtok_r(NULL, " \t", &save);
+    ssh_key k = NULL;
+    if (b64 != NULL && ssh_pki_import_pubkey_base64(b64, type, &k) == SSH_OK)
+        return k;
     return NULL;
 }
 
 static bool key_listed(sshp_conn *c, ssh_key offered)
 {
     for (size_t i = 0; i < c->nkeys; i++) {
-        ssh_key k = parse_authorized(c->keys[i]);
+        ssh_key k = parse_authorized(c, c->keys[i]);
         bool same = k != NULL && ssh_key_cmp(k, offered, SSH_KEY_CMP_PUBLIC) == 0;
         ssh_key_free(k);
         if (same)
@@ -272,6 +275,14 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         ssh_message_free(m);
         return;
     }
+    /* Requests we answer ourselves ("none", methods not offered, extra ones while one is
+     * held) are cheap for the client and would otherwise be unbounded. */
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    if (++c->auth_requests > (unsigned)cf->max_auth_tries * 4 + 8) {
+        ssh_message_free(m);
+        sshp_conn_fail(c, "too many authentication requests", "Too many authentication failures");
+        return;
+    }
     if (c->state != CONN_AUTH || c->held_auth != NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
@@ -297,6 +308,15 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         break;
     }
     case SSH_AUTH_METHOD_INTERACTIVE:
+        if (!ssh_message_auth_kbdint_is_response(m) && c->auth_kind == AUTH_KBDINT &&
+            c->be_auth_started) {
+            /* A new round while the backend's prompts are still unanswered: libssh would send
+             * the old prompts' (empty) answers. Not something a real client does. */
+            ssh_message_free(m);
+            sshp_conn_fail(c, "keyboard-interactive restarted mid-round",
+                           "Too many authentication failures");
+            return;
+        }
         if (ssh_message_auth_kbdint_is_response(m)) {
             bool fake_prompt = c->route_known && c->route.status == DPH_ROUTE_UNKNOWN_USER;
             if (c->auth_kind != AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
@@ -333,6 +353,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
 
 static void refuse_session(sshp_conn *c, const char *reason, const char *text)
 {
+    wipe_password(c);
     send_banner(c, text);
     reply_failure(c);
     sshp_conn_fail(c, reason, text);
@@ -475,7 +496,9 @@ void sshp_auth_progress(sshp_conn *c)
             c->held_auth = NULL;
             return;
         }
-        auth_fail(c, "unknown_user", true);
+        /* Paced like what a known user gets for the same method: a wrong password costs
+         * PAM's delay on the backend, an unlisted key is refused at once. */
+        auth_fail(c, "unknown_user", c->auth_kind != AUTH_PUBKEY);
         return;
     case DPH_ROUTE_MAINTENANCE:
         dp_slog_info(c->prefix, "backend %s in maintenance", c->route.backend);

@@ -81,7 +81,9 @@ static void start_handshake(sshp_conn *c)
     }
     /* Debian's libssh refuses some user names in SSH_OPTIONS_USER (shell metacharacters);
      * the name goes to ssh_userauth_* directly, which does not check it. */
-    ssh_options_set(c->bs, SSH_OPTIONS_USER, buser);
+    if (ssh_options_set(c->bs, SSH_OPTIONS_USER, buser) != 0)
+        /* A user must be set, or libssh looks one up with getpwuid (NSS) on the loop. */
+        ssh_options_set(c->bs, SSH_OPTIONS_USER, "dynproxy");
     /* Offer the backend the cipher the client chose first: the client picked it for its own
      * reasons (AES-GCM rides AES-NI; chacha20 wins without it), and a relay whose two hops
      * use different ciphers pays for the slower one. */
@@ -250,6 +252,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         sshp_conn_maybe_free(c);
         return;
     }
+    if (c->be != BE_RESOLVING) { /* the connect deadline passed meanwhile */
+        uv_freeaddrinfo(res);
+        return;
+    }
     if (status != 0 || res == NULL) {
         uv_freeaddrinfo(res);
         be_failed(c, "cannot resolve %s: %s", c->route.address, uv_strerror(status));
@@ -300,8 +306,23 @@ void sshp_backend_start(sshp_conn *c)
     }
 }
 
+static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
+{
+    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
+        if (p->bch == ch && p->state != PAIR_DONE)
+            return true;
+    return false;
+}
+
 void sshp_backend_message(sshp_conn *c, ssh_message m)
 {
+    /* A channel request whose channel libssh may already have freed (the backend closed it
+     * in the same poll): replying would read freed memory. */
+    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL &&
+        !live_backend_channel(c, ssh_message_channel_request_channel(m))) {
+        ssh_message_free(m);
+        return;
+    }
     /* Forwarded-tcpip and agent channel opens go to the channel bridge; anything else (e.g.
      * "eow@openssh.com" channel requests) is answered so nothing piles up in libssh's
      * unbounded queue. */

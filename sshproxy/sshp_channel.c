@@ -18,6 +18,12 @@
 #include "sshp.h"
 
 #define MAX_PAIRS 128
+#define MAX_REQS 64    /* queued channel requests per channel */
+#define MAX_GLOBALS 16 /* queued global requests per connection */
+/* A peer that respects the window never offers more than libssh's ~1.9 MB per stream; far
+ * more means it ignores flow control (libssh accepts such data anyway). */
+#define HARD_CAP (16u << 20)
+#define PAIR_CLOSE_WAIT_MS 30000
 #define WRITE_CHUNK (256 * 1024)
 /* libssh 0.10 re-grants window when local_window + buffered < this (channels.c WINDOWLIMIT). */
 #define LIBSSH_WINDOW_LIMIT 640000
@@ -93,6 +99,14 @@ static void buf_free(sshp_buf *b)
 
 static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
 {
+    if (len > HARD_CAP) {
+        /* Only a peer ignoring the window gets here: end the connection. */
+        p->conn->abuse = "peer ignores the channel window";
+        p->conn->pump_again = true;
+        return (int)len;
+    }
+    if (p->state >= PAIR_CLOSING)
+        return (int)len; /* nobody will read it: drop, keep no memory */
     size_t n = buf_put(&p->st[stream], data, len);
     if (n < len)
         p->leftover[stream] = true;
@@ -161,6 +175,7 @@ static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int co
 
 static void enqueue(sshp_pair *p, sshp_req *r)
 {
+    p->nreqs++;
     r->next = NULL;
     *p->reqs_tail = r;
     p->reqs_tail = &r->next;
@@ -169,7 +184,7 @@ static void enqueue(sshp_pair *p, sshp_req *r)
 static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
 {
     sshp_pair *p = ud;
-    sshp_req *r = calloc(1, sizeof *r);
+    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
     if (r == NULL)
         return;
     r->kind = REQ_SIGNAL;
@@ -181,7 +196,7 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
 static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
 {
     sshp_pair *p = ud;
-    sshp_req *r = calloc(1, sizeof *r);
+    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
     if (r == NULL)
         return;
     /* libssh has already said yes to the client; the backend is asked in turn, and the
@@ -193,6 +208,9 @@ static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
 }
 
 /* ---- opening ---- */
+
+static void set_client_callbacks(sshp_pair *p);
+static void set_backend_callbacks(sshp_pair *p);
 
 static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
 {
@@ -216,6 +234,12 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
         free(p);
         return NULL;
     }
+    /* Callbacks on our side from the start: DATA/EOF/CLOSE can arrive in the same poll as
+     * the open confirmation, before progress_open sees it. */
+    if (p->reverse)
+        set_client_callbacks(p);
+    else
+        set_backend_callbacks(p);
     p->next = c->pairs;
     c->pairs = p;
     c->npairs++;
@@ -259,7 +283,7 @@ void sshp_channel_backend_open(sshp_conn *c, ssh_message m)
     }
 }
 
-static void set_callbacks(sshp_pair *p)
+static void set_client_callbacks(sshp_pair *p)
 {
     ssh_callbacks_init(&p->ccb);
     p->ccb.userdata = p;
@@ -269,6 +293,10 @@ static void set_callbacks(sshp_pair *p)
     p->ccb.channel_signal_function = c_signal;
     p->ccb.channel_auth_agent_req_function = c_agent_req;
     ssh_set_channel_callbacks(p->cch, &p->ccb);
+}
+
+static void set_backend_callbacks(sshp_pair *p)
+{
     ssh_callbacks_init(&p->bcb);
     p->bcb.userdata = p;
     p->bcb.channel_data_function = b_data;
@@ -328,7 +356,10 @@ static void progress_open(sshp_pair *p)
         p->state = PAIR_CLOSING;
         return;
     }
-    set_callbacks(p);
+    if (p->reverse)
+        set_backend_callbacks(p);
+    else
+        set_client_callbacks(p);
     p->state = PAIR_OPEN;
 }
 
@@ -355,7 +386,7 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
         ssh_message_free(m);
         return;
     }
-    sshp_req *r = calloc(1, sizeof *r);
+    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
     if (r == NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
@@ -453,6 +484,7 @@ static void progress_requests(sshp_pair *p)
             return;
         }
         p->req_sent = false;
+        p->nreqs--;
         p->reqs = r->next;
         if (p->reqs == NULL)
             p->reqs_tail = &p->reqs;
@@ -551,6 +583,11 @@ static void progress_open_pair(sshp_pair *p)
     flush(p, ST_C2B, p->bch, c->bs, true);
     flush(p, ST_B2C_OUT, p->cch, c->cs, false);
     flush(p, ST_B2C_ERR, p->cch, c->cs, false);
+    /* A flush that emptied staging can take the bytes libssh still holds now: the stalled
+     * sender will not send the packet that would otherwise bring them up again. */
+    pull(p, ST_C2B, p->cch);
+    pull(p, ST_B2C_OUT, p->bch);
+    pull(p, ST_B2C_ERR, p->bch);
 
     /* Forward what ended, in order, once the data before it is through. */
     if (p->c_eof && !p->c_eof_sent && c2b_drained(p)) {
@@ -608,7 +645,9 @@ void sshp_global_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
     sshp_global *g = NULL;
-    if (sub == SSH_GLOBAL_REQUEST_TCPIP_FORWARD || sub == SSH_GLOBAL_REQUEST_CANCEL_TCPIP_FORWARD)
+    if ((sub == SSH_GLOBAL_REQUEST_TCPIP_FORWARD ||
+         sub == SSH_GLOBAL_REQUEST_CANCEL_TCPIP_FORWARD) &&
+        c->nglobals < MAX_GLOBALS)
         g = calloc(1, sizeof *g);
     if (g == NULL) {
         ssh_message_reply_default(m);
@@ -616,6 +655,7 @@ void sshp_global_message(sshp_conn *c, ssh_message m)
         return;
     }
     g->msg = m;
+    c->nglobals++;
     if (c->globals_tail == NULL)
         c->globals_tail = &c->globals;
     *c->globals_tail = g;
@@ -643,6 +683,7 @@ static void progress_globals(sshp_conn *c)
             return;
         }
         c->globals = g->next;
+        c->nglobals--;
         if (c->globals == NULL)
             c->globals_tail = &c->globals;
         if (rc == SSH_OK) {
@@ -668,12 +709,20 @@ void sshp_channels_progress(sshp_conn *c)
         if (p->state == PAIR_OPEN)
             progress_open_pair(p);
         if (p->state == PAIR_CLOSING) {
+            if (p->closing_since_ms == 0)
+                p->closing_since_ms = dp_now_ms();
             if (!p->c_close_done && p->cch != NULL)
                 p->c_close_done = close_channel(p->cch);
             if (!p->b_close_done && p->bch != NULL)
                 p->b_close_done = close_channel(p->bch);
-            if ((p->c_close_done || p->cch == NULL) && (p->b_close_done || p->bch == NULL))
+            /* Freed only once each peer has closed too: a channel freed earlier lives on in
+             * libssh without our callbacks, buffering whatever the peer keeps sending. */
+            bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
+            bool b_done = p->bch == NULL || (p->b_close_done && p->b_closed);
+            if (c_done && b_done)
                 p->state = PAIR_DONE;
+            else if (dp_now_ms() - p->closing_since_ms > PAIR_CLOSE_WAIT_MS)
+                c->abuse = "a peer did not close a channel";
         }
     }
     /* Free finished pairs here, never inside a libssh callback. */
@@ -709,6 +758,7 @@ void sshp_channels_free_all(sshp_conn *c)
         ssh_message_free(g->msg);
         free(g);
     }
+    c->nglobals = 0;
     c->globals_tail = &c->globals;
     while (c->pairs != NULL) {
         sshp_pair *p = c->pairs;

@@ -21,6 +21,9 @@
 /* How long a disconnect message may take to flush before the socket is just closed. */
 #define CLOSE_FLUSH_MS 2000
 #define PUMP_ROUNDS 8
+/* Messages handled per session per round: a client that keeps sending must not hold the loop
+ * (ssh_message_get reads more whenever its queue is empty). */
+#define MESSAGE_BUDGET 64
 
 static void conn_end(sshp_conn *c);
 
@@ -203,14 +206,22 @@ static void pump_once(sshp_conn *c)
 
     if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
         ssh_message m;
+        int n = 0;
         while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
-               (m = ssh_message_get(c->cs)) != NULL)
+               n < MESSAGE_BUDGET && (m = ssh_message_get(c->cs)) != NULL) {
             dispatch_client(c, m);
+            if (++n == MESSAGE_BUDGET)
+                c->pump_again = true;
+        }
     }
     if (c->bs != NULL && c->be >= BE_READY && c->be != BE_FAILED && c->state != CONN_DEAD) {
         ssh_message m;
-        while (!session_dead(c->bs) && (m = ssh_message_get(c->bs)) != NULL)
+        int n = 0;
+        while (!session_dead(c->bs) && n < MESSAGE_BUDGET && (m = ssh_message_get(c->bs)) != NULL) {
             sshp_backend_message(c, m);
+            if (++n == MESSAGE_BUDGET)
+                c->pump_again = true;
+        }
     }
     if (c->state == CONN_AUTH)
         sshp_auth_progress(c);
@@ -218,6 +229,11 @@ static void pump_once(sshp_conn *c)
         sshp_channels_progress(c);
     if (c->state == CONN_DEAD)
         return;
+    if (c->abuse != NULL && c->state != CONN_CLOSING) {
+        dp_slog_warn(c->prefix, "ending the connection: %s", c->abuse);
+        sshp_conn_fail(c, c->abuse, "protocol violation");
+        return;
+    }
 
     if (c->state == CONN_CLOSING) {
         if (session_dead(c->cs) || !(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING)) {
