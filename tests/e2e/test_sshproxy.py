@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
+from pg import sql_literal  # noqa: E402
 from sshproxy_env import SSHPROXY, SshProxyEnv, kill_group, preflight, run_cmd  # noqa: E402
 from users import make_keypair  # noqa: E402
 
@@ -669,6 +670,25 @@ def t_limits(env):
         restart_proxy(env)
 
 
+# ---- 18 authorized_keys options --------------------------------------------------------------
+def t_key_options(env):
+    """A key listed with options (from=, command=, ...) is refused: the proxy does not enforce
+    them, and ignoring a from= would let the key in from anywhere."""
+    u = env.users[0]
+    key = os.path.join(env.tmp, "restricted_ed25519")
+    pub = make_keypair(key, "restricted").strip()
+    env.pg.psql("INSERT INTO dynproxy.authorized_keys (username, key) VALUES (%s, %s)"
+                % (sql_literal(u.name), sql_literal('from="192.0.2.1" ' + pub)))
+    try:
+        r = env.ssh(u, "echo $DYNPROXY_BACKEND", key=key, timeout=30)
+        check(r.rc == 255 and "Permission denied" in r.err,
+              "a key listed with a from= option is refused", r)
+        r = env.ssh(u, "echo $DYNPROXY_BACKEND", key=True)
+        check(ok_out(r, "web1"), "the user's plain key still works", r)
+    finally:
+        env.pg.psql("DELETE FROM dynproxy.authorized_keys WHERE key LIKE 'from=%'")
+
+
 # ---- 15 PuTTY (plink, psftp) ------------------------------------------------------------------
 def putty_hostkeys(env):
     """-hostkey arguments pinning every proxy host key by its SHA256 fingerprint."""
@@ -976,6 +996,7 @@ TESTS = [
     ("15 PuTTY", t_putty),
     ("16 known_hosts", t_known_hosts),
     ("17 limits", t_limits),
+    ("18 key options", t_key_options),
 ]
 
 
