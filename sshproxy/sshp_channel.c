@@ -600,11 +600,16 @@ static void progress_open_pair(sshp_pair *p)
     }
     if ((p->b_closed || p->b_eof) && !p->exit_sent && b2c_drained(p) &&
         (p->exit_status_set || p->exit_signal_set || p->b_closed)) {
+        int rc = SSH_OK;
         if (p->exit_signal_set)
-            ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
-                                                 p->exit_errmsg, "");
+            rc = ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
+                                                      p->exit_errmsg, "");
         else if (p->exit_status_set)
-            ssh_channel_request_send_exit_status(p->cch, p->exit_status);
+            rc = ssh_channel_request_send_exit_status(p->cch, p->exit_status);
+        if (rc != SSH_OK)
+            /* The client would report 255 instead of the command's status. */
+            dp_slog_warn(c->prefix, "exit status not forwarded to the client (libssh rc %d: %s)",
+                         rc, ssh_get_error(c->cs));
         p->exit_sent = p->exit_status_set || p->exit_signal_set || p->b_closed;
     }
     if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
