@@ -1009,19 +1009,7 @@ def main(argv):
     try:
         with env:
             env.move(env.users[2], "web2", settle=True)
-            for name, fn in TESTS:
-                if only and name.split()[0] not in only:
-                    continue
-                ts = time.monotonic()
-                print("# %s" % name, flush=True)
-                try:
-                    fn(env)
-                except Exception:  # noqa: BLE001 - a harness error is a failed check
-                    check.harness_error("%s: harness error" % name)
-                died = env.ensure_proxy()
-                if died:
-                    check(False, "sshproxy still running after section %s" % name, died)
-                note("section %s took %.1fs", name, time.monotonic() - ts)
+            env.run_sections(TESTS, only, check)
             if not env.selftest and (not only or "14" in only):
                 rc, took = env.stop_proxy()
                 check(rc == 0, "SIGTERM: sshproxy exits 0 (took %.1fs)" % took,

@@ -372,6 +372,24 @@ class SshProxyEnv:
         self.cleanup_problems = problems
         return problems
 
+    def run_sections(self, tests, only, check):
+        """Run (name, fn) sections in order (only those whose number is in `only`, when given).
+        A section that raises is one failed check; a proxy that died is reported and
+        restarted so the remaining sections still run."""
+        for name, fn in tests:
+            if only and name.split()[0] not in only:
+                continue
+            ts = time.monotonic()
+            print("# %s" % name, flush=True)
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001 - a harness error is a failed check
+                check.harness_error("%s: harness error" % name)
+            died = self.ensure_proxy()
+            if died:
+                check(False, "sshproxy still running after section %s" % name, died)
+            dpenv.log("section %s took %.1fs", name, time.monotonic() - ts)
+
     # ---- proxy log -----------------------------------------------------------------------
     def log(self):
         return dpenv.read_text(self.logfile)
