@@ -50,7 +50,7 @@ import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
 from pg import sql_literal  # noqa: E402
-from sshproxy_env import SSHPROXY, SshProxyEnv, kill_group, preflight, run_cmd  # noqa: E402
+from sshproxy_env import SSHPROXY, kill_group, run_cmd, run_suite  # noqa: E402
 from users import make_keypair  # noqa: E402
 
 check = Checks()
@@ -1001,29 +1001,9 @@ TESTS = [
 
 
 def main(argv):
-    if not preflight(check, "test_sshproxy"):
-        return check.finish()
-    only = set(argv)
-    t0 = time.monotonic()
-    env = SshProxyEnv(nusers=3)
-    try:
-        with env:
-            env.move(env.users[2], "web2", settle=True)
-            env.run_sections(TESTS, only, check)
-            if not env.selftest and (not only or "14" in only):
-                rc, took = env.stop_proxy()
-                check(rc == 0, "SIGTERM: sshproxy exits 0 (took %.1fs)" % took,
-                      "exit status %s; %s" % (rc, dpenv.tail(env.logfile, 15)))
-            if check.failed and env.logfile and not env.selftest:
-                print("--- sshproxy log (tail) ---\n%s" % dpenv.tail(env.logfile, 40))
-    except Exception:  # noqa: BLE001
-        check.harness_error("sshproxy test environment")
-        if env.logfile_tail:
-            print("--- sshproxy log (tail) ---\n%s" % env.logfile_tail)
-    for p in env.cleanup_problems:
-        check(False, "cleanup: %s" % p)
-    note("test_sshproxy took %.1fs", time.monotonic() - t0)
-    return check.finish()
+    return run_suite(check, "test_sshproxy", TESTS, argv, {"nusers": 3},
+                     setup=lambda env: env.move(env.users[2], "web2", settle=True),
+                     stop_with="14")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from sshproxy_env import SshProxyEnv, kill_group, preflight, vm_rss_kib  # noqa: E402
+from sshproxy_env import kill_group, run_suite, vm_rss_kib  # noqa: E402
 
 check = Checks()
 MiB = 1 << 20
@@ -283,38 +283,23 @@ TESTS = [
 ]
 
 
+def spread_users(env):
+    """Every other user on web2, so the load crosses both backends."""
+    env.route_of = {}
+    for i, u in enumerate(env.users):
+        env.route_of[u.name] = "web1" if i % 2 == 0 else "web2"
+        if env.route_of[u.name] != "web1":
+            env.move(u, env.route_of[u.name])
+    env.settle()
+
+
 def main(argv):
-    if not preflight(check, "test_sshproxy_load"):
-        return check.finish()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < min(hard, 8192):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    only = set(argv)
-    t0 = time.monotonic()
-    env = SshProxyEnv(nusers=NUSERS, ssh_conf={"max_startups_per_ip": 1000})
-    try:
-        with env:
-            env.route_of = {}
-            for i, u in enumerate(env.users):
-                env.route_of[u.name] = "web1" if i % 2 == 0 else "web2"
-                if env.route_of[u.name] != "web1":
-                    env.move(u, env.route_of[u.name])
-            env.settle()
-            env.run_sections(TESTS, only, check)
-            if not env.selftest and not only:
-                rc, took = env.stop_proxy()
-                check(rc == 0, "SIGTERM after the load: sshproxy exits 0 (took %.1fs)" % took,
-                      "exit status %s; %s" % (rc, dpenv.tail(env.logfile, 15)))
-            if check.failed and not env.selftest:
-                print("--- sshproxy log (tail) ---\n%s" % dpenv.tail(env.logfile, 30))
-    except Exception:  # noqa: BLE001
-        check.harness_error("sshproxy test environment")
-        if env.logfile_tail:
-            print("--- sshproxy log (tail) ---\n%s" % env.logfile_tail)
-    for p in env.cleanup_problems:
-        check(False, "cleanup: %s" % p)
-    note("test_sshproxy_load took %.1fs", time.monotonic() - t0)
-    return check.finish()
+    return run_suite(check, "test_sshproxy_load", TESTS, argv,
+                     {"nusers": NUSERS, "ssh_conf": {"max_startups_per_ip": 1000}},
+                     setup=spread_users)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,36 @@ def preflight(check, name):
     return True
 
 
+def run_suite(check, name, tests, argv, env_kwargs, setup=None, stop_with=None):
+    """A whole sshproxy driver: preflight, the environment, setup(env), the sections, then a
+    SIGTERM check (when every section ran, or section `stop_with` was asked for), the proxy's
+    log tail on failure, cleanup problems and timing. Returns the process exit status."""
+    if not preflight(check, name):
+        return check.finish()
+    only = set(argv)
+    t0 = time.monotonic()
+    env = SshProxyEnv(**env_kwargs)
+    try:
+        with env:
+            if setup is not None:
+                setup(env)
+            env.run_sections(tests, only, check)
+            if not env.selftest and (not only or (stop_with is not None and stop_with in only)):
+                rc, took = env.stop_proxy()
+                check(rc == 0, "SIGTERM after the sections: sshproxy exits 0 (took %.1fs)" % took,
+                      "exit status %s; %s" % (rc, dpenv.tail(env.logfile, 15)))
+            if check.failed and env.logfile and not env.selftest:
+                print("--- sshproxy log (tail) ---\n%s" % dpenv.tail(env.logfile, 40))
+    except Exception:  # noqa: BLE001 - a harness error is a failed check
+        check.harness_error("sshproxy test environment")
+        if env.logfile_tail:
+            print("--- sshproxy log (tail) ---\n%s" % env.logfile_tail)
+    for p in env.cleanup_problems:
+        check(False, "cleanup: %s" % p)
+    dpenv.log("%s took %.1fs", name, time.monotonic() - t0)
+    return check.finish()
+
+
 class Result:
     """What one client command did. out/err are str (or bytes with binary=True)."""
 
