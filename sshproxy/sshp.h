@@ -87,7 +87,6 @@ typedef enum sshp_req_kind {
     REQ_ENV,
     REQ_WINDOW_CHANGE,
     REQ_SIGNAL,
-    REQ_BREAK,
     REQ_AGENT,
     REQ_UNSUPPORTED,
 } sshp_req_kind;
@@ -130,7 +129,6 @@ typedef struct sshp_pair {
     sshp_req *reqs, **reqs_tail;
     unsigned nreqs;
     uint64_t closing_since_ms;
-    bool req_sent;
     /* what arrived, forwarded once the data before it is drained */
     bool c_eof, b_eof, c_closed, b_closed;
     bool c_eof_sent, b_eof_sent;
@@ -186,8 +184,7 @@ struct sshp_conn {
     /* client-facing libssh session */
     ssh_session cs;
     ssh_event cev;
-    int cfd;         /* libssh owns it */
-    uv_poll_t cpoll; /* on a dup() of cfd: libssh may close cfd at any time */
+    uv_poll_t cpoll; /* on a dup() of the client fd: libssh owns and may close the fd */
     int cpoll_fd;
     bool cpoll_open;
 

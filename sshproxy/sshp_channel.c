@@ -469,9 +469,6 @@ static void progress_requests(sshp_pair *p)
         case REQ_SIGNAL:
             rc = ssh_channel_request_send_signal(p->bch, r->a);
             break;
-        case REQ_BREAK:
-            rc = ssh_channel_request_send_break(p->bch, 0);
-            break;
         case REQ_AGENT:
             rc = ssh_channel_request_auth_agent(p->bch);
             break;
@@ -479,11 +476,8 @@ static void progress_requests(sshp_pair *p)
             rc = SSH_ERROR;
             break;
         }
-        if (rc == SSH_AGAIN) {
-            p->req_sent = true;
+        if (rc == SSH_AGAIN)
             return;
-        }
-        p->req_sent = false;
         p->nreqs--;
         p->reqs = r->next;
         if (p->reqs == NULL)
@@ -610,7 +604,7 @@ static void progress_open_pair(sshp_pair *p)
             /* The client would report 255 instead of the command's status. */
             dp_slog_warn(c->prefix, "exit status not forwarded to the client (libssh rc %d: %s)",
                          rc, ssh_get_error(c->cs));
-        p->exit_sent = p->exit_status_set || p->exit_signal_set || p->b_closed;
+        p->exit_sent = true;
     }
     if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
         p->state = PAIR_CLOSING;

@@ -445,7 +445,6 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->client = ci->peer;
     snprintf(c->client_text, sizeof c->client_text, "%s", addr);
     snprintf(c->prefix, sizeof c->prefix, "sid=%s client=%s", c->sid, addr);
-    c->cfd = ci->fd;
     c->cpoll_fd = c->bpoll_fd = c->bfd = -1;
     c->next = sw->conns;
     if (sw->conns != NULL)
