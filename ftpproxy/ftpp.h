@@ -1,0 +1,309 @@
+/*
+ * ftpp.h - ftpproxy's shared types: configuration, per-worker state, one proxied FTP session
+ * (client control connection + backend control connection) and its data transfer.
+ *
+ * Everything lives on one worker loop. Control connections are uv_tcp_t streams; data
+ * connections are raw non-blocking sockets watched with uv_poll, because their bytes move
+ * with splice(2) through a pipe and never enter user space.
+ *
+ * Files (one role each):
+ *   ftpp_main.c     configuration table, worker start/stop, main()
+ *   ftpp_session.c  accept, the client's control connection, command dispatch, timeouts, end
+ *   ftpp_login.c    route lookup, backend connect, greeting, replayed HOST/OPTS, USER/PASS
+ *   ftpp_backend.c  the backend control connection: sending commands, reading and routing
+ *                   replies to what asked for them
+ *   ftpp_data.c     PASV/EPSV/PORT/EPRT, data legs toward client and backend, the transfer
+ *   ftpp_pump.c     splice(2) relay between two sockets with a bounded pipe
+ *   ftpp_proto.c    wire formats (pure; unit-tested and fuzzed)
+ */
+#ifndef FTPP_H
+#define FTPP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "dp_daemon.h"
+#include "ftpp_proto.h"
+
+/* ---- configuration (ftpp_main.c) ---- */
+
+typedef struct ftpp_conf {
+    dp_daemon_conf common; /* first: dp_daemon reads it */
+    char *greeting;
+    int passive_port_min, passive_port_max;
+    char *masquerade_address;
+    int login_timeout_ms;
+    int idle_timeout_s;
+    int data_timeout_ms;
+    int connect_timeout_ms;
+    int max_sessions, max_sessions_per_ip;
+    int transfer_buffer;
+    bool backend_passive;
+    bool backend_ignore_pasv_address;
+    int auth_fail_delay_ms;
+    int max_login_attempts;
+    char *password_prompt;
+} ftpp_conf;
+
+typedef struct ftpp_sess ftpp_sess;
+
+typedef struct ftpp_worker {
+    dp_worker *w;
+    ftpp_sess *sessions; /* every live session of this worker */
+    unsigned nsessions;
+    uint32_t next_id;
+    char rbuf[65536]; /* backend replies are read here and parsed in the read callback */
+} ftpp_worker;
+
+ftpp_worker *ftpp_worker_of(dp_worker *w);
+const ftpp_conf *ftpp_conf_of(dp_worker *w);
+
+/* ---- splice relay between two sockets (ftpp_pump.c) ---- */
+
+typedef struct ftpp_pump ftpp_pump;
+/* Called once when the relay ends: status 0 (source EOF, everything written, destination
+ * shut down) or a negative errno (which side failed is in pump->failed_side). */
+typedef void (*ftpp_pump_cb)(ftpp_pump *p, int status);
+
+struct ftpp_pump {
+    void *data;
+    uv_poll_t src_poll, dst_poll;
+    int src_fd, dst_fd; /* owned: closed when the pump's handles have closed */
+    int pipe_fd[2];
+    size_t in_pipe, pipe_cap;
+    uint64_t bytes; /* delivered to dst */
+    bool src_eof, done, closing;
+    int failed_side; /* 0 none, 1 source, 2 destination */
+    int open_handles;
+    ftpp_pump_cb cb;
+    void (*close_cb)(ftpp_pump *p);
+    uint64_t *activity_ms; /* updated on every progress (idle timer) */
+};
+
+/* Takes ownership of both fds (also on failure). Returns 0 or a negative errno. */
+int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_t cap,
+                    ftpp_pump_cb cb);
+/* Stop and close both sockets; close_cb runs when the memory may go. Idempotent. */
+void ftpp_pump_close(ftpp_pump *p, void (*close_cb)(ftpp_pump *p));
+
+/* ---- one data connection being set up: listener or outgoing connect (ftpp_data.c) ---- */
+
+typedef struct ftpp_sock {
+    uv_poll_t poll;
+    int fd;
+    bool listener; /* accepting (else connecting) */
+    bool closing;
+    struct sockaddr_storage peer; /* of the connection just accepted */
+} ftpp_sock;
+
+/* A name being resolved on the threadpool; outlives a cancelled login attempt. */
+typedef struct ftpp_gai {
+    uv_getaddrinfo_t req;
+    ftpp_sess *s;
+    bool stale;
+} ftpp_gai;
+
+/* ---- the session ---- */
+
+typedef enum ftpp_state {
+    ST_PRELOGIN,   /* greeting sent; waiting for USER */
+    ST_LOOKUP,     /* route lookup in flight */
+    ST_CONNECTING, /* resolving / connecting to the backend */
+    ST_GREETING,   /* waiting for the backend's 220 */
+    ST_USER,       /* replaying HOST/OPTS and USER */
+    ST_NEED_PASS,  /* 331 sent to the client */
+    ST_PASS,       /* PASS sent to the backend, or the unknown-user delay runs */
+    ST_LOGGED_IN,
+    ST_CLOSING, /* flushing the last reply, then closing */
+} ftpp_state;
+
+/* What a command sent to the backend was for; its reply is routed by this. */
+typedef enum ftpp_expect {
+    EX_GREETING,
+    EX_HOST,
+    EX_OPTS,
+    EX_USER,
+    EX_PASS,
+    EX_RELAY,    /* relay the reply as is */
+    EX_FEAT,     /* relay, minus what the proxy does not offer (TLS) */
+    EX_QUIT,     /* relay, then close */
+    EX_PASV,     /* EPSV or PASV for a transfer: internal */
+    EX_PORT,     /* EPRT or PORT for a transfer: internal */
+    EX_TRANSFER, /* the transfer command: 1xx relayed, the final reply maybe held */
+    EX_ABOR,     /* relay */
+    EX_SWALLOW,  /* an internal command whose answer nobody wants any more */
+} ftpp_expect;
+
+#define FTPP_PENDING_MAX 8
+
+typedef enum ftpp_dmode {
+    DM_NONE,
+    DM_PASSIVE, /* PASV/EPSV: s->pasv listener, or s->pasv_fd already accepted */
+    DM_ACTIVE,  /* PORT/EPRT: connect to s->active_addr */
+} ftpp_dmode;
+
+typedef enum ftpp_xdir {
+    XD_DOWN, /* backend -> client: RETR */
+    XD_LIST, /* backend -> client: LIST/NLST/MLSD */
+    XD_UP,   /* client -> backend: STOR/STOU/APPE */
+} ftpp_xdir;
+
+typedef enum ftpp_xstate {
+    XS_NONE,
+    XS_CLIENT_LEG,   /* waiting for the client's data connection (accept / connect) */
+    XS_BACKEND_PASV, /* EPSV/PASV sent to the backend */
+    XS_BACKEND_CONN, /* connecting to the backend's data port */
+    XS_BACKEND_PORT, /* EPRT/PORT sent to the backend (active toward it) */
+    XS_COMMAND,      /* transfer command sent; relay running once both legs are up */
+    XS_ABORTED,      /* ABOR: legs closed, waiting for the backend's replies */
+} ftpp_xstate;
+
+typedef struct ftpp_xfer {
+    ftpp_xstate state;
+    ftpp_xdir dir;
+    char cmd[5];
+    char *line;       /* the client's command line, sent once the backend leg is ready */
+    int cfd;          /* client leg, connected (or -1) */
+    int bfd;          /* backend leg, connected (or -1) */
+    ftpp_sock *bsock; /* backend leg being connected / backend's connection being accepted */
+    ftpp_sock *csock; /* client leg being connected (active) */
+    ftpp_pump *pump;  /* running relay (freed in its close callback) */
+    bool pump_done;   /* relay finished: every byte delivered, destination closed */
+    int pump_status;
+    bool final_seen; /* the backend's final reply arrived */
+    char *held;      /* final reply held until the relay is done (lines with CRLF) */
+    size_t held_len;
+    int final_code;
+    uint64_t started_ms;
+    uint64_t bytes;
+} ftpp_xfer;
+
+struct ftpp_sess {
+    ftpp_worker *fw;
+    dp_worker *w;
+    ftpp_sess *prev, *next;
+    char sid[16];
+    char prefix[400];
+    char client_text[64];
+    ftpp_state state;
+    int open_handles; /* handles and requests not closed yet; freed at 0 after the end */
+    bool ended;
+    bool slot_held;
+    uint64_t started_ms;
+    int64_t started_unix_ms;
+    uint64_t activity_ms;
+    char reason[160];
+
+    /* client control connection */
+    uv_tcp_t client;
+    bool client_open, client_reading, client_eof;
+    struct sockaddr_storage client_addr; /* the real client (PROXY protocol aware) */
+    struct sockaddr_storage ctl_local;   /* our address on the control connection */
+    char cin[FTPP_CMD_MAX + 1024];       /* raw bytes read, not yet parsed */
+    size_t cin_len;
+    ftpp_linebuf lb;
+    char *held_line; /* a command that arrived during a transfer, run after it */
+    bool busy;       /* a command is being served: parse no further lines */
+    bool in_process; /* inside process_input (ftpp_sess_ready must not recurse) */
+
+    /* timers: login/idle (timer) and the current operation's deadline (op_timer) */
+    uv_timer_t timer, op_timer;
+    bool timer_open, op_timer_open;
+    void (*op_expired)(ftpp_sess *s);
+
+    /* login */
+    char user[DPH_USER_MAX];
+    char host_arg[256]; /* HOST (RFC 7151), replayed to the backend */
+    bool utf8;          /* OPTS UTF8 ON, replayed */
+    bool host_sent, opts_sent;
+    dp_route_lookup lookup;
+    bool lookup_pending;
+    dph_route route;
+    bool route_ok;
+    bool unknown_user;    /* answer PASS with 530 after the delay */
+    bool backend_no_pass; /* the backend logged in at USER (230): answer PASS with it */
+    int login_failures;
+    int backend_connects;
+    bool logged_start;
+
+    /* backend control connection */
+    uv_tcp_t backend;
+    bool backend_open, backend_connected, backend_reading;
+    uv_connect_t connect_req;
+    ftpp_gai *gai;
+    struct sockaddr_storage backend_addr, backend_local;
+    ftpp_reply_reader rr;
+    ftpp_expect pending[FTPP_PENDING_MAX];
+    int npending;
+    char *rtext; /* an internal reply being collected (login), CRLF-separated lines */
+    size_t rtext_len, rtext_cap;
+    bool backend_pasv_only; /* EPSV refused once: use PASV from then on */
+    bool backend_port_only; /* EPRT refused once: use PORT from then on */
+
+    /* data connections */
+    ftpp_dmode dmode;
+    bool epsv_all;
+    ftpp_sock *pasv;                     /* our passive listener for the client */
+    int pasv_fd;                         /* the client's data connection, accepted early (or -1) */
+    struct sockaddr_storage active_addr; /* PORT/EPRT target */
+    ftpp_xfer *xfer;
+
+    uint64_t bytes_in, bytes_out; /* control + data, client->backend / backend->client */
+};
+
+/* ftpp_session.c */
+void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci);
+void ftpp_sess_reply(ftpp_sess *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ftpp_sess_reply_raw(ftpp_sess *s, const char *data, size_t len);
+/* `text` (no CRLF) followed by CRLF. */
+void ftpp_sess_reply_line(ftpp_sess *s, const char *text, size_t len);
+bool ftpp_sess_client_congested(ftpp_sess *s);
+void ftpp_sess_resume_client(ftpp_sess *s);
+/* Send `line` (a full 421/221 reply, CRLF included or NULL) and close once it is written. */
+void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason);
+/* The command in progress is done: parse and run the next one. */
+void ftpp_sess_ready(ftpp_sess *s);
+void ftpp_sess_kick(ftpp_sess *s, const char *message);
+void ftpp_sess_op_timer(ftpp_sess *s, uint64_t ms, void (*expired)(ftpp_sess *s));
+void ftpp_sess_op_timer_stop(ftpp_sess *s);
+void ftpp_sess_logged_in(ftpp_sess *s);
+/* Handles and requests that point at the session keep it alive: ref when one is started,
+ * unref (or ftpp_sess_handle_closed as the close callback, data = session) when it is done. */
+void ftpp_sess_ref(ftpp_sess *s);
+void ftpp_sess_unref(ftpp_sess *s);
+void ftpp_sess_handle_closed(uv_handle_t *h);
+
+/* ftpp_login.c */
+void ftpp_login_user(ftpp_sess *s, const char *user);
+void ftpp_login_pass(ftpp_sess *s, char *password);
+void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text);
+void ftpp_login_cleanup(ftpp_sess *s);
+void ftpp_login_connect_failed(ftpp_sess *s, const char *why);
+void ftpp_login_backend_lost(ftpp_sess *s, const char *why);
+
+/* ftpp_backend.c */
+int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr);
+void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line);
+/* Same, and the copy is wiped once written (PASS). */
+void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line);
+void ftpp_backend_resume(ftpp_sess *s);
+bool ftpp_backend_expects(const ftpp_sess *s, ftpp_expect ex);
+void ftpp_backend_close(ftpp_sess *s);
+/* Unsent expectations become EX_SWALLOW (their answers are dropped). */
+void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex);
+
+/* ftpp_data.c */
+void ftpp_data_cmd_pasv(ftpp_sess *s, bool extended, const char *arg);
+void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg);
+void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, char *line);
+void ftpp_data_cmd_abor(ftpp_sess *s);
+void ftpp_data_cmd_stat(ftpp_sess *s);
+/* Backend reply lines for EX_PASV / EX_PORT / EX_TRANSFER (last = final line of the reply). */
+void ftpp_data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+void ftpp_data_cleanup(ftpp_sess *s);
+bool ftpp_data_busy(const ftpp_sess *s);
+
+#endif

@@ -1,0 +1,359 @@
+/*
+ * ftpp_backend.c - the backend's control connection: connect, send commands, read replies
+ * and route each one to what asked for it.
+ *
+ * Every command sent pushes an expectation (ftpp_expect) on a short FIFO; a reply's final
+ * line (RFC 959 §4.2: a 2xx-5xx "ddd " line; 1xx are preliminary and keep the command
+ * pending) pops it. Relayed replies go to the client line by line as they arrive, so a long
+ * multi-line reply (STAT of a directory) never sits whole in the proxy; internal replies
+ * (login, EPSV/PASV) are collected up to a cap.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+#include "ftpp.h"
+
+/* Internal replies (login banners, FEAT) are kept up to this much; more is dropped. */
+#define INTERNAL_REPLY_MAX 16384
+
+typedef struct breq {
+    uv_write_t req;
+    ftpp_sess *s;
+    size_t len;
+    bool secret; /* PASS: wiped before the memory goes back */
+    char data[];
+} breq;
+
+static void backend_write_done(uv_write_t *req, int status)
+{
+    breq *br = (breq *)req;
+    ftpp_sess *s = br->s;
+    if (br->secret)
+        explicit_bzero(br->data, br->len);
+    free(br);
+    if (status < 0 && status != UV_ECANCELED && !s->ended && s->state != ST_CLOSING) {
+        dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(status));
+        ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
+    }
+}
+
+static void push_expect(ftpp_sess *s, ftpp_expect ex)
+{
+    if (s->npending < FTPP_PENDING_MAX)
+        s->pending[s->npending++] = ex;
+}
+
+static void pop_expect(ftpp_sess *s)
+{
+    if (s->npending == 0)
+        return;
+    memmove(s->pending, s->pending + 1, (size_t)(s->npending - 1) * sizeof s->pending[0]);
+    s->npending--;
+}
+
+/* Write `line` and CRLF; 0xFF bytes are doubled (RFC 854 IAC IAC: the client's own doubled
+ * bytes were undone by the line reader). */
+static void send_text(ftpp_sess *s, ftpp_expect ex, const char *line, bool secret)
+{
+    if (!s->backend_connected || s->ended)
+        return;
+    if (s->npending >= FTPP_PENDING_MAX) {
+        dp_slog_error(s->prefix, "too many commands pending toward the backend");
+        ftpp_sess_close(s, "421 Internal error.\r\n", "pending queue full");
+        return;
+    }
+    size_t n = strlen(line), extra = 2;
+    for (size_t i = 0; i < n; i++)
+        extra += (unsigned char)line[i] == 0xff;
+    breq *br = malloc(sizeof *br + n + extra);
+    if (br == NULL) {
+        ftpp_sess_close(s, "421 Out of memory.\r\n", "out of memory");
+        return;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        br->data[o++] = line[i];
+        if ((unsigned char)line[i] == 0xff)
+            br->data[o++] = line[i];
+    }
+    br->data[o++] = '\r';
+    br->data[o++] = '\n';
+    br->s = s;
+    br->len = o;
+    br->secret = secret;
+    uv_buf_t b = uv_buf_init(br->data, (unsigned)o);
+    int rc = uv_write(&br->req, (uv_stream_t *)&s->backend, &b, 1, backend_write_done);
+    if (rc < 0) {
+        if (secret)
+            explicit_bzero(br->data, o);
+        free(br);
+        dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(rc));
+        ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
+        return;
+    }
+    push_expect(s, ex);
+}
+
+void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line)
+{
+    send_text(s, ex, line, false);
+}
+
+void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line)
+{
+    send_text(s, ex, line, true);
+}
+
+void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, const char *fmt, ...)
+{
+    char line[FTPP_CMD_MAX + 64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    send_text(s, ex, line, false);
+}
+
+void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex)
+{
+    for (int i = 0; i < s->npending; i++)
+        if (s->pending[i] == ex)
+            s->pending[i] = EX_SWALLOW;
+}
+
+bool ftpp_backend_expects(const ftpp_sess *s, ftpp_expect ex)
+{
+    for (int i = 0; i < s->npending; i++)
+        if (s->pending[i] == ex)
+            return true;
+    return false;
+}
+
+/* ---- replies ---- */
+
+static void collect(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    if (s->rtext_len + rl->len + 2 > INTERNAL_REPLY_MAX)
+        return;
+    if (s->rtext_len + rl->len + 3 > s->rtext_cap) {
+        size_t cap = s->rtext_cap ? s->rtext_cap * 2 : 512;
+        while (cap < s->rtext_len + rl->len + 3)
+            cap *= 2;
+        char *n = realloc(s->rtext, cap);
+        if (n == NULL)
+            return;
+        s->rtext = n;
+        s->rtext_cap = cap;
+    }
+    memcpy(s->rtext + s->rtext_len, rl->text, rl->len);
+    s->rtext_len += rl->len;
+    s->rtext[s->rtext_len++] = '\r';
+    s->rtext[s->rtext_len++] = '\n';
+    s->rtext[s->rtext_len] = '\0';
+}
+
+static void relay_line(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    ftpp_sess_reply_line(s, rl->text, rl->len);
+}
+
+/* RFC 2389 feature lines the proxy cannot honour: it offers no TLS (RFC 4217). */
+static bool feat_hidden(const ftpp_reply_line *rl)
+{
+    static const char *const hidden[] = {"AUTH", "PBSZ", "PROT", "CCC", "ADAT"};
+    if (rl->first || rl->last || rl->len < 2 || rl->text[0] != ' ')
+        return false;
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
+        size_t n = strlen(hidden[i]);
+        if (strncasecmp(rl->text + 1, hidden[i], n) == 0 &&
+            (rl->text[1 + n] == '\0' || rl->text[1 + n] == ' '))
+            return true;
+    }
+    return false;
+}
+
+static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    /* RFC 959 §5.4: a server may send 421 at any time before closing. Anything else with
+     * nothing pending is a backend bug; pass 421 on, log the rest. */
+    if (rl->last && rl->code == 421) {
+        dp_slog_warn(s->prefix, "backend closing: %s", rl->text);
+        if (s->state == ST_LOGGED_IN) {
+            relay_line(s, rl);
+            ftpp_sess_close(s, NULL, "backend sent 421");
+        } else {
+            ftpp_sess_close(s, "421 Service not available, remote server closed.\r\n",
+                            "backend sent 421");
+        }
+        return;
+    }
+    if (s->state == ST_LOGGED_IN && rl->code != 0)
+        relay_line(s, rl);
+    else
+        dp_slog_warn(s->prefix, "unexpected backend reply line dropped: code=%d", rl->code);
+}
+
+static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    if (rl->first)
+        s->rtext_len = 0;
+    if (s->npending == 0) {
+        unsolicited(s, rl);
+        return;
+    }
+    ftpp_expect ex = s->pending[0];
+    /* A final reply: 2xx..5xx on the last line; a line without a code outside any
+     * multi-line reply counts as final too, or the session would wait forever. */
+    bool final = rl->last && (rl->code >= 200 || rl->code == 0);
+    if (rl->code == 0 && rl->first)
+        dp_slog_warn(s->prefix, "backend reply without a code (expected for %d)", (int)ex);
+    if (final)
+        pop_expect(s);
+    switch (ex) {
+    case EX_RELAY:
+    case EX_ABOR:
+        relay_line(s, rl);
+        if (final)
+            ftpp_sess_ready(s);
+        break;
+    case EX_FEAT:
+        if (!feat_hidden(rl))
+            relay_line(s, rl);
+        if (final)
+            ftpp_sess_ready(s);
+        break;
+    case EX_QUIT:
+        relay_line(s, rl);
+        if (final)
+            ftpp_sess_close(s, NULL, "quit");
+        break;
+    case EX_PASV:
+    case EX_PORT:
+    case EX_TRANSFER:
+        ftpp_data_reply(s, ex, rl, final);
+        break;
+    case EX_GREETING:
+    case EX_HOST:
+    case EX_OPTS:
+    case EX_USER:
+    case EX_PASS:
+        collect(s, rl);
+        if (final)
+            ftpp_login_reply(s, ex, rl->code, s->rtext ? s->rtext : "");
+        break;
+    case EX_SWALLOW:
+        break;
+    }
+}
+
+static void backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    ftpp_sess *s = h->data;
+    (void)suggested;
+    /* Replies are parsed inside the read callback, so one buffer per worker serves every
+     * session (no idle memory per session). */
+    *buf = uv_buf_init(s->fw->rbuf, sizeof s->fw->rbuf);
+}
+
+static void backend_lost(ftpp_sess *s, const char *why)
+{
+    if (s->ended || s->state == ST_CLOSING)
+        return;
+    dp_slog_warn(s->prefix, "backend control connection: %s", why);
+    if (s->state == ST_LOGGED_IN)
+        ftpp_sess_close(s, "421 Service not available, remote server closed the connection.\r\n",
+                        "backend closed");
+    else
+        ftpp_login_backend_lost(s, why);
+}
+
+static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    ftpp_sess *s = st->data;
+    if (n == 0 || s->ended)
+        return;
+    if (n < 0) {
+        uv_read_stop(st);
+        s->backend_reading = false;
+        backend_lost(s, n == UV_EOF ? "closed by the backend" : uv_strerror((int)n));
+        return;
+    }
+    size_t off = 0;
+    while (off < (size_t)n && !s->ended && s->state != ST_CLOSING) {
+        ftpp_reply_line rl;
+        bool got = false;
+        off += ftpp_reply_feed(&s->rr, buf->base + off, (size_t)n - off, &rl, &got);
+        if (got)
+            on_line(s, &rl);
+    }
+    if (!s->ended && s->state != ST_CLOSING && s->backend_reading &&
+        ftpp_sess_client_congested(s)) {
+        uv_read_stop(st);
+        s->backend_reading = false;
+    }
+}
+
+void ftpp_backend_resume(ftpp_sess *s)
+{
+    if (!s->backend_connected || s->backend_reading || s->ended || s->state == ST_CLOSING)
+        return;
+    if (uv_read_start((uv_stream_t *)&s->backend, backend_alloc, backend_read) == 0)
+        s->backend_reading = true;
+}
+
+/* ---- connect ---- */
+
+static void connected(uv_connect_t *req, int status)
+{
+    ftpp_sess *s = req->data;
+    if (s->ended || status == UV_ECANCELED)
+        return;
+    if (status < 0) {
+        ftpp_login_connect_failed(s, uv_strerror(status));
+        return;
+    }
+    s->backend_connected = true;
+    int fd = -1;
+    if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0) {
+        socklen_t ll = sizeof s->backend_local;
+        getsockname(fd, (struct sockaddr *)&s->backend_local, &ll);
+        dp_sock_tune(fd, ftpp_conf_of(s->w)->common.tcp_keepalive_s);
+    }
+    push_expect(s, EX_GREETING);
+    ftpp_backend_resume(s);
+}
+
+int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr)
+{
+    uv_loop_t *loop = dp_worker_loop(s->w);
+    memcpy(&s->backend_addr, addr, dp_sockaddr_len(addr));
+    int rc = uv_tcp_init(loop, &s->backend);
+    if (rc != 0)
+        return rc;
+    s->backend.data = s;
+    s->backend_open = true;
+    ftpp_sess_ref(s);
+    ftpp_reply_init(&s->rr);
+    s->npending = 0;
+    s->connect_req.data = s;
+    return uv_tcp_connect(&s->connect_req, &s->backend, addr, connected);
+}
+
+void ftpp_backend_close(ftpp_sess *s)
+{
+    s->npending = 0;
+    s->backend_connected = false;
+    s->backend_reading = false;
+    if (!s->backend_open)
+        return;
+    s->backend_open = false;
+    s->backend.data = s;
+    uv_close((uv_handle_t *)&s->backend, ftpp_sess_handle_closed);
+}

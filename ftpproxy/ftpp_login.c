@@ -1,0 +1,351 @@
+/*
+ * ftpp_login.c - from USER to a logged-in session: route lookup (cached hook call), backend
+ * address (numeric, or resolved on the threadpool), connect, greeting, replay of HOST
+ * (RFC 7151) and OPTS UTF8 (RFC 2640), USER with the route's backend user name, PASS.
+ *
+ * A user's existence never shows (RFC 2577 §5): every USER gets the same 331, an unknown
+ * user's PASS gets the same "530 Login incorrect." as a wrong password, after a delay like
+ * the one a backend applies to a wrong password. Backend trouble is a 421 (RFC 959: service
+ * not available, closing), never a 530, so a customer never believes the password is wrong
+ * while a server is down.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp_log.h"
+#include "dp_util.h"
+#include "ftpp.h"
+
+static void fail_421(ftpp_sess *s, const char *client_text, const char *why)
+{
+    char reason[200];
+    /* the prefix names the user and, once routed, the backend */
+    dp_log_event(DP_LOG_WARN, s->prefix, "backend_fail", "reason=%s",
+                 dp_logq(reason, sizeof reason, why));
+    char line[400];
+    snprintf(line, sizeof line, "421 %s\r\n", client_text);
+    ftpp_sess_close(s, line, why);
+}
+
+/* Forget the previous attempt's route and backend connection (a new USER). */
+static void reset_attempt(ftpp_sess *s)
+{
+    ftpp_login_cleanup(s);
+    ftpp_backend_close(s);
+    s->route_ok = false;
+    s->unknown_user = false;
+    s->backend_no_pass = false;
+    s->host_sent = s->opts_sent = false;
+    memset(&s->route, 0, sizeof s->route);
+}
+
+static void reply_331(ftpp_sess *s)
+{
+    ftpp_sess_op_timer_stop(s);
+    s->state = ST_NEED_PASS;
+    ftpp_sess_reply(s, "331 %s", ftpp_conf_of(s->w)->password_prompt);
+    ftpp_sess_ready(s);
+}
+
+/* ---- steps after the greeting ---- */
+
+static void login_next(ftpp_sess *s)
+{
+    if (s->host_arg[0] != '\0' && !s->host_sent) {
+        s->host_sent = true;
+        ftpp_backend_send(s, EX_HOST, "HOST %s", s->host_arg);
+    } else if (s->utf8 && !s->opts_sent) {
+        s->opts_sent = true;
+        ftpp_backend_send_line(s, EX_OPTS, "OPTS UTF8 ON");
+    } else {
+        s->state = ST_USER;
+        ftpp_backend_send(s, EX_USER, "USER %s",
+                          s->route.backend_user[0] ? s->route.backend_user : s->user);
+    }
+}
+
+static void connect_expired(ftpp_sess *s)
+{
+    fail_421(s, "Service not available: the server did not answer in time.",
+             s->state == ST_CONNECTING ? "backend connect timeout" : "backend greeting timeout");
+}
+
+void ftpp_login_connect_failed(ftpp_sess *s, const char *why)
+{
+    char reason[200];
+    snprintf(reason, sizeof reason, "backend connect: %s", why);
+    fail_421(s, "Service not available: cannot reach the server.", reason);
+}
+
+void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
+{
+    char reason[200];
+    snprintf(reason, sizeof reason, "backend closed during login: %s", why);
+    fail_421(s, "Service not available, remote server closed the connection.", reason);
+}
+
+static void start_connect(ftpp_sess *s, const struct sockaddr *addr)
+{
+    s->state = ST_CONNECTING;
+    s->backend_connects++;
+    int rc = ftpp_backend_open(s, addr);
+    if (rc != 0)
+        ftpp_login_connect_failed(s, uv_strerror(rc));
+}
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    ftpp_gai *g = req->data;
+    ftpp_sess *s = g->s;
+    bool stale = g->stale;
+    free(g);
+    if (stale || s->ended || s->state == ST_CLOSING) {
+        uv_freeaddrinfo(res);
+        ftpp_sess_unref(s);
+        return;
+    }
+    s->gai = NULL;
+    if (status < 0 || res == NULL) {
+        char why[400];
+        snprintf(why, sizeof why, "resolve %s: %s", s->route.address, uv_strerror(status));
+        fail_421(s, "Service not available: cannot reach the server.", why);
+    } else {
+        struct sockaddr_storage a;
+        memcpy(&a, res->ai_addr, res->ai_addrlen);
+        start_connect(s, (struct sockaddr *)&a);
+    }
+    uv_freeaddrinfo(res);
+    ftpp_sess_unref(s);
+}
+
+static void route_ready(ftpp_sess *s)
+{
+    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    uint16_t port = s->route.ftp_port ? s->route.ftp_port : 21;
+    struct sockaddr_storage a;
+    memset(&a, 0, sizeof a);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&a;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
+    ftpp_sess_op_timer(s, (uint64_t)cf->connect_timeout_ms, connect_expired);
+    if (inet_pton(AF_INET, s->route.address, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        start_connect(s, (struct sockaddr *)&a);
+    } else if (inet_pton(AF_INET6, s->route.address, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        start_connect(s, (struct sockaddr *)&a);
+    } else {
+        /* A host name: getaddrinfo blocks, so it runs on the threadpool (uv_getaddrinfo);
+         * the connect deadline covers it. */
+        char svc[8];
+        snprintf(svc, sizeof svc, "%u", port);
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+        s->state = ST_CONNECTING;
+        ftpp_gai *g = calloc(1, sizeof *g);
+        if (g == NULL) {
+            ftpp_login_connect_failed(s, "out of memory");
+            return;
+        }
+        g->s = s;
+        g->req.data = g;
+        int rc =
+            uv_getaddrinfo(dp_worker_loop(s->w), &g->req, resolved, s->route.address, svc, &hints);
+        if (rc != 0) {
+            free(g);
+            ftpp_login_connect_failed(s, uv_strerror(rc));
+            return;
+        }
+        ftpp_sess_ref(s);
+        s->gai = g;
+    }
+}
+
+static void looked_up(dp_route_lookup *lk, const dph_route *route, dp_cache_result how)
+{
+    ftpp_sess *s = lk->data;
+    s->lookup_pending = false;
+    if (s->ended || s->state == ST_CLOSING)
+        return;
+    char msg[DPH_MESSAGE_MAX + 40];
+    switch (route->status) {
+    case DPH_ROUTE_OK:
+        s->route = *route;
+        s->route_ok = true;
+        snprintf(s->prefix, sizeof s->prefix, "sid=%s client=%s user=%s backend=%s", s->sid,
+                 s->client_text, s->user, s->route.backend);
+        route_ready(s);
+        return;
+    case DPH_ROUTE_UNKNOWN_USER:
+        s->unknown_user = true;
+        reply_331(s);
+        return;
+    case DPH_ROUTE_MAINTENANCE:
+        snprintf(msg, sizeof msg, "%s",
+                 route->message[0] ? route->message
+                                   : "Service not available: the server is under maintenance.");
+        s->route = *route;
+        s->route_ok = true;
+        fail_421(s, msg, "backend in maintenance");
+        return;
+    case DPH_ROUTE_TEMPFAIL:
+    default:
+        fail_421(s, route->message[0] ? route->message : "Service not available, try again later.",
+                 how == DP_CACHE_FAILED ? "route lookup failed" : "route temporarily failed");
+        return;
+    }
+}
+
+void ftpp_login_user(ftpp_sess *s, const char *user)
+{
+    reset_attempt(s);
+    snprintf(s->user, sizeof s->user, "%s", user);
+    snprintf(s->prefix, sizeof s->prefix, "sid=%s client=%s user=%s", s->sid, s->client_text,
+             s->user);
+    if (strlen(user) >= sizeof s->user) {
+        s->unknown_user = true; /* no route can have this name */
+        reply_331(s);
+        return;
+    }
+    s->state = ST_LOOKUP;
+    s->lookup.data = s;
+    int rc = dp_route_cache_lookup(dp_daemon_worker_cache(s->w), &s->lookup, s->user,
+                                   (struct sockaddr *)&s->client_addr, DPH_PROTO_FTP, looked_up);
+    if (rc == -EINVAL) {
+        s->unknown_user = true;
+        reply_331(s);
+        return;
+    }
+    if (rc != 0) {
+        fail_421(s, "Service not available, try again later.", "route lookup refused");
+        return;
+    }
+    s->lookup_pending = true;
+}
+
+/* ---- PASS ---- */
+
+static void login_failed(ftpp_sess *s, const char *why)
+{
+    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    dp_log_event(DP_LOG_INFO, s->prefix, "login_fail", "reason=%s", why);
+    s->login_failures++;
+    reset_attempt(s);
+    s->state = ST_PRELOGIN;
+    if (s->login_failures >= cf->max_login_attempts) {
+        ftpp_sess_close(s, "530 Login incorrect.\r\n", "too many failed logins");
+        return;
+    }
+    ftpp_sess_reply(s, "530 Login incorrect.");
+    ftpp_sess_ready(s);
+}
+
+static void unknown_delay_expired(ftpp_sess *s)
+{
+    login_failed(s, "unknown_user");
+}
+
+void ftpp_login_pass(ftpp_sess *s, char *password)
+{
+    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    s->state = ST_PASS;
+    if (s->unknown_user) {
+        /* Delay like a backend's PAM does for a wrong password (+-25 %), so timing does not
+         * tell unknown users apart either. */
+        uint64_t d = (uint64_t)cf->auth_fail_delay_ms;
+        if (d > 0)
+            d = d * 3 / 4 + (uint64_t)(random() % (long)(d / 2 + 1));
+        ftpp_sess_op_timer(s, d, unknown_delay_expired);
+        return;
+    }
+    if (s->backend_no_pass) {
+        ftpp_sess_reply(s, "230 Login successful.");
+        ftpp_sess_logged_in(s);
+        ftpp_sess_ready(s);
+        return;
+    }
+    char line[FTPP_CMD_MAX + 8];
+    int n = snprintf(line, sizeof line, "PASS %s", password);
+    ftpp_backend_send_secret(s, EX_PASS, line);
+    explicit_bzero(line, (size_t)(n > 0 ? n : 0));
+}
+
+/* ---- backend replies during login ---- */
+
+void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
+{
+    switch (ex) {
+    case EX_GREETING:
+        if (code == 220) {
+            login_next(s);
+        } else {
+            char why[120];
+            snprintf(why, sizeof why, "backend greeting %d", code);
+            fail_421(s, "Service not available: the server refused the connection.", why);
+        }
+        return;
+    case EX_HOST:
+    case EX_OPTS:
+        /* Not every server knows HOST (vsftpd answers 500): only a 421 stops the login. */
+        if (code == 421) {
+            fail_421(s, "Service not available, remote server closed the connection.",
+                     "backend 421 during login");
+            return;
+        }
+        login_next(s);
+        return;
+    case EX_USER:
+        if (code == 331 || code == 332) {
+            reply_331(s);
+        } else if (code == 230) {
+            s->backend_no_pass = true;
+            reply_331(s);
+        } else if (code >= 400 && code < 500) {
+            char why[120];
+            snprintf(why, sizeof why, "backend answered USER with %d", code);
+            fail_421(s, "Service not available, try again later.", why);
+        } else {
+            /* The backend refuses this user (a user list, a disabled account): to the
+             * client that is the same as an unknown user. */
+            ftpp_backend_close(s);
+            s->unknown_user = true;
+            reply_331(s);
+        }
+        return;
+    case EX_PASS:
+        if (code == 230 || code == 202) {
+            ftpp_sess_reply_raw(s, text, strlen(text));
+            ftpp_sess_logged_in(s);
+            ftpp_sess_ready(s);
+        } else if (code == 421 || (code >= 400 && code < 500)) {
+            char why[120];
+            snprintf(why, sizeof why, "backend answered PASS with %d", code);
+            fail_421(s, "Service not available, try again later.", why);
+        } else {
+            login_failed(s, "backend_refused");
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+void ftpp_login_cleanup(ftpp_sess *s)
+{
+    if (s->lookup_pending) {
+        dp_route_cache_cancel(&s->lookup);
+        s->lookup_pending = false;
+    }
+    if (s->gai != NULL) {
+        /* Its callback still runs (cancelled or not) and frees it; it only drops the
+         * answer, which belongs to an attempt that is over. */
+        s->gai->stale = true;
+        uv_cancel((uv_req_t *)&s->gai->req);
+        s->gai = NULL;
+    }
+    ftpp_sess_op_timer_stop(s);
+}

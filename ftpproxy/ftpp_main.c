@@ -1,0 +1,150 @@
+/* ftpp_main.c - ftpproxy: configuration table, per-worker state, daemon entry. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp_log.h"
+#include "ftpp.h"
+
+static int check_address(const void *value, char *err, size_t errlen)
+{
+    const char *const *s = value;
+    unsigned char buf[16];
+    if (*s == NULL || (*s)[0] == '\0' || inet_pton(AF_INET, *s, buf) == 1 ||
+        inet_pton(AF_INET6, *s, buf) == 1)
+        return 0;
+    snprintf(err, errlen, "\"%s\" is not a numeric IPv4 or IPv6 address", *s);
+    return -1;
+}
+
+/* Text sent after a reply code: one line, no control bytes (a CR/LF would let the config
+ * forge extra replies). */
+static int check_reply_text(const void *value, char *err, size_t errlen)
+{
+    const char *const *s = value;
+    for (const char *p = *s; p != NULL && *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            snprintf(err, errlen, "control characters are not allowed in reply text");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+#define OFF(f) offsetof(ftpp_conf, f)
+#define R DP_CONF_RELOADABLE
+static const dp_conf_entry ftpp_entries[] = {
+    {"ftp.greeting", DP_CONF_STRING, OFF(greeting), "dynproxy FTP proxy ready", 1, 200, R, NULL,
+     check_reply_text, "text of the proxy's own 220 greeting"},
+    {"ftp.passive_port_min", DP_CONF_INT, OFF(passive_port_min), "0", 0, 65535, R, NULL, NULL,
+     "lowest port of the client-facing passive listeners (0 with max 0 = any free port)"},
+    {"ftp.passive_port_max", DP_CONF_INT, OFF(passive_port_max), "0", 0, 65535, R, NULL, NULL,
+     "highest port of the client-facing passive listeners"},
+    {"ftp.masquerade_address", DP_CONF_STRING, OFF(masquerade_address), "", 0, 64, R, NULL,
+     check_address,
+     "address written in 227 replies (NAT, load balancer); empty = the control connection's"},
+    {"ftp.login_timeout_ms", DP_CONF_INT, OFF(login_timeout_ms), "30000", 1000, 600000, R, NULL,
+     NULL, "from the greeting to a completed login"},
+    {"ftp.idle_timeout_s", DP_CONF_INT, OFF(idle_timeout_s), "900", 1, 604800, R, NULL, NULL,
+     "no command and no transfer progress for this long: 421 and close"},
+    {"ftp.data_timeout_ms", DP_CONF_INT, OFF(data_timeout_ms), "30000", 100, 600000, R, NULL, NULL,
+     "deadline for a data connection to be accepted or connected"},
+    {"ftp.connect_timeout_ms", DP_CONF_INT, OFF(connect_timeout_ms), "5000", 100, 120000, R, NULL,
+     NULL, "deadline for the backend's control connection and greeting"},
+    {"ftp.max_sessions", DP_CONF_INT, OFF(max_sessions), "10000", 1, 1000000, R, NULL, NULL,
+     "concurrent sessions, total"},
+    {"ftp.max_sessions_per_ip", DP_CONF_INT, OFF(max_sessions_per_ip), "100", 1, 1000000, R, NULL,
+     NULL, "concurrent sessions per client address"},
+    {"ftp.transfer_buffer", DP_CONF_INT, OFF(transfer_buffer), "1048576", 65536, 67108864, R, NULL,
+     NULL, "bytes in flight inside the proxy per transfer (splice pipe size)"},
+    {"ftp.backend_passive", DP_CONF_BOOL, OFF(backend_passive), "true", 0, 0, R, NULL, NULL,
+     "passive mode toward backends (EPSV, then PASV); false = active (EPRT, then PORT)"},
+    {"ftp.backend_ignore_pasv_address", DP_CONF_BOOL, OFF(backend_ignore_pasv_address), "false", 0,
+     0, R, NULL, NULL,
+     "connect to the backend's control address instead of the one in its 227 (NAT'd backends)"},
+    {"ftp.auth_fail_delay_ms", DP_CONF_INT, OFF(auth_fail_delay_ms), "3000", 0, 30000, R, NULL,
+     NULL, "delay (+-25 %) before 530 for an unknown user, as a backend delays a wrong password"},
+    {"ftp.max_login_attempts", DP_CONF_INT, OFF(max_login_attempts), "3", 1, 100, R, NULL, NULL,
+     "failed logins on one connection before 421 and close"},
+    {"ftp.password_prompt", DP_CONF_STRING, OFF(password_prompt), "Please specify the password.", 1,
+     200, R, NULL, check_reply_text,
+     "text of every 331 (one text for known and unknown users alike)"},
+};
+#undef R
+#undef OFF
+static const dp_conf_table ftpp_table = {ftpp_entries,
+                                         sizeof ftpp_entries / sizeof ftpp_entries[0]};
+
+static int ftpp_check(const void *conf, const dp_conf_src *src, char *err, size_t errlen)
+{
+    const ftpp_conf *cf = conf;
+    char where[256];
+    if (cf->passive_port_min > cf->passive_port_max ||
+        (cf->passive_port_min == 0) != (cf->passive_port_max == 0)) {
+        snprintf(err, errlen, "%s: ftp.passive_port_min/max: need 1 <= min <= max (or both 0)",
+                 dp_conf_where(src, "ftp.passive_port_min", where, sizeof where));
+        return -1;
+    }
+    return 0;
+}
+
+ftpp_worker *ftpp_worker_of(dp_worker *w)
+{
+    return dp_daemon_worker_data(w);
+}
+
+const ftpp_conf *ftpp_conf_of(dp_worker *w)
+{
+    return dp_daemon_worker_conf(w);
+}
+
+static int ftpp_start(dp_worker *w)
+{
+    ftpp_worker *fw = calloc(1, sizeof *fw);
+    if (fw == NULL)
+        return -ENOMEM;
+    fw->w = w;
+    dp_daemon_worker_set_data(w, fw);
+    return 0;
+}
+
+static void ftpp_accept(dp_worker *w, const dp_conn_info *ci)
+{
+    ftpp_sess_accept(ftpp_worker_of(w), ci);
+}
+
+static void ftpp_stop(dp_worker *w)
+{
+    ftpp_worker *fw = ftpp_worker_of(w);
+    if (fw == NULL)
+        return;
+    /* Each session sends its 421 and closes; its memory goes when its handles have closed,
+     * so take `next` first. */
+    for (ftpp_sess *s = fw->sessions, *next; s != NULL; s = next) {
+        next = s->next;
+        ftpp_sess_kick(s, "Service shutting down.");
+    }
+}
+
+static void ftpp_fini(dp_worker *w)
+{
+    free(ftpp_worker_of(w));
+}
+
+static const dp_worker_ops ftpp_ops = {ftpp_start, ftpp_accept, ftpp_stop, ftpp_fini};
+
+static const dp_daemon_def ftpp_def = {
+    .name = "ftpproxy",
+    .default_config = "/etc/dynproxy/ftpproxy.conf",
+    .table = &ftpp_table,
+    .conf_size = sizeof(ftpp_conf),
+    .check = ftpp_check,
+    .ops = &ftpp_ops,
+};
+
+int main(int argc, char **argv)
+{
+    return dp_daemon_main(&ftpp_def, argc, argv);
+}

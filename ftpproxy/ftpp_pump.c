@@ -1,0 +1,161 @@
+/*
+ * ftpp_pump.c - move a data connection's bytes from one socket to another with splice(2)
+ * through a pipe: the bytes never enter user space, and the pipe's size is the cap on what
+ * one transfer holds inside the proxy (F_SETPIPE_SZ). Backpressure is the pipe: the source
+ * is only polled while the pipe has room, the destination only while it holds bytes.
+ *
+ * FTP data connections carry one direction each (RFC 959 §3.2), so one pipe per transfer.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dp_util.h"
+#include "ftpp.h"
+
+/* Rounds of splice per readiness event before yielding to other sessions on the loop. */
+#define PUMP_BUDGET 16
+
+static void pump_update(ftpp_pump *p);
+
+static void finish(ftpp_pump *p, int status, int side)
+{
+    if (p->done)
+        return;
+    p->done = true;
+    p->failed_side = side;
+    uv_poll_stop(&p->src_poll);
+    uv_poll_stop(&p->dst_poll);
+    if (status == 0)
+        shutdown(p->dst_fd, SHUT_WR); /* the peer sees EOF: end of file (RFC 959 §3.4 stream) */
+    p->cb(p, status);
+}
+
+static void pump_run(ftpp_pump *p)
+{
+    for (int round = 0; round < PUMP_BUDGET && !p->done; round++) {
+        bool moved = false;
+        if (!p->src_eof && p->in_pipe < p->pipe_cap) {
+            ssize_t n = splice(p->src_fd, NULL, p->pipe_fd[1], NULL, p->pipe_cap - p->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                p->in_pipe += (size_t)n;
+                moved = true;
+            } else if (n == 0) {
+                p->src_eof = true;
+                moved = true;
+            } else if (errno != EAGAIN && errno != EINTR) {
+                finish(p, -errno, 1);
+                return;
+            }
+        }
+        if (p->in_pipe > 0) {
+            ssize_t n = splice(p->pipe_fd[0], NULL, p->dst_fd, NULL, p->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                p->in_pipe -= (size_t)n;
+                p->bytes += (uint64_t)n;
+                moved = true;
+            } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+                finish(p, -errno, 2);
+                return;
+            }
+        }
+        if (p->src_eof && p->in_pipe == 0) {
+            finish(p, 0, 0);
+            return;
+        }
+        if (!moved)
+            break;
+    }
+    if (p->activity_ms != NULL)
+        *p->activity_ms = dp_now_ms();
+    pump_update(p);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    ftpp_pump *p = h->data;
+    (void)events;
+    if (p->done)
+        return;
+    if (status < 0) {
+        finish(p, status, h == &p->src_poll ? 1 : 2);
+        return;
+    }
+    pump_run(p);
+}
+
+static void pump_update(ftpp_pump *p)
+{
+    if (p->done)
+        return;
+    if (!p->src_eof && p->in_pipe < p->pipe_cap)
+        uv_poll_start(&p->src_poll, UV_READABLE, on_poll);
+    else
+        uv_poll_stop(&p->src_poll);
+    if (p->in_pipe > 0)
+        uv_poll_start(&p->dst_poll, UV_WRITABLE, on_poll);
+    else
+        uv_poll_stop(&p->dst_poll);
+}
+
+int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_t cap,
+                    ftpp_pump_cb cb)
+{
+    p->src_fd = src_fd;
+    p->dst_fd = dst_fd;
+    p->pipe_fd[0] = p->pipe_fd[1] = -1;
+    p->cb = cb;
+    if (pipe2(p->pipe_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        int err = -errno;
+        close(src_fd);
+        close(dst_fd);
+        p->src_fd = p->dst_fd = -1;
+        return err;
+    }
+    /* Best effort: an unprivileged process is bounded by /proc/sys/fs/pipe-max-size. */
+    fcntl(p->pipe_fd[1], F_SETPIPE_SZ, (int)cap);
+    int got = fcntl(p->pipe_fd[1], F_GETPIPE_SZ);
+    p->pipe_cap = got > 0 ? (size_t)got : 65536;
+    uv_poll_init_socket(loop, &p->src_poll, src_fd);
+    uv_poll_init_socket(loop, &p->dst_poll, dst_fd);
+    p->src_poll.data = p->dst_poll.data = p;
+    p->open_handles = 2;
+    pump_update(p); /* never calls cb from here: the first splice waits for readiness */
+    return 0;
+}
+
+static void pump_closed(uv_handle_t *h)
+{
+    ftpp_pump *p = h->data;
+    if (--p->open_handles > 0)
+        return;
+    close(p->src_fd);
+    close(p->dst_fd);
+    close(p->pipe_fd[0]);
+    close(p->pipe_fd[1]);
+    p->close_cb(p);
+}
+
+void ftpp_pump_close(ftpp_pump *p, void (*close_cb)(ftpp_pump *p))
+{
+    if (p->closing)
+        return;
+    p->closing = true;
+    p->done = true;
+    p->close_cb = close_cb;
+    if (p->open_handles == 0) {
+        /* never started: only the fds */
+        if (p->src_fd >= 0)
+            close(p->src_fd);
+        if (p->dst_fd >= 0)
+            close(p->dst_fd);
+        close_cb(p);
+        return;
+    }
+    uv_close((uv_handle_t *)&p->src_poll, pump_closed);
+    uv_close((uv_handle_t *)&p->dst_poll, pump_closed);
+}
