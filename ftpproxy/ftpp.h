@@ -74,7 +74,8 @@ struct ftpp_pump {
     size_t in_pipe, pipe_cap;
     uint64_t bytes; /* delivered to dst */
     bool src_eof, done, closing;
-    int failed_side; /* 0 none, 1 source, 2 destination */
+    int failed_side;            /* 0 none, 1 source, 2 destination */
+    int src_events, dst_events; /* what each poll handle watches now */
     int open_handles;
     ftpp_pump_cb cb;
     void (*close_cb)(ftpp_pump *p);

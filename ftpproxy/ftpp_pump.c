@@ -18,7 +18,26 @@
 /* Rounds of splice per readiness event before yielding to other sessions on the loop. */
 #define PUMP_BUDGET 16
 
-static void pump_update(ftpp_pump *p);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void watch(uv_poll_t *h, int *cur, int want)
+{
+    if (*cur == want)
+        return;
+    *cur = want;
+    if (want != 0)
+        uv_poll_start(h, want, on_poll);
+    else
+        uv_poll_stop(h);
+}
+
+static void pump_watch(ftpp_pump *p, int want_src, int want_dst)
+{
+    if (p->done)
+        return;
+    watch(&p->src_poll, &p->src_events, want_src);
+    watch(&p->dst_poll, &p->dst_events, want_dst);
+}
 
 static void finish(ftpp_pump *p, int status, int side)
 {
@@ -35,6 +54,7 @@ static void finish(ftpp_pump *p, int status, int side)
 
 static void pump_run(ftpp_pump *p)
 {
+    bool dst_blocked = false, exhausted = true;
     for (int round = 0; round < PUMP_BUDGET && !p->done; round++) {
         bool moved = false;
         if (!p->src_eof && p->in_pipe < p->pipe_cap) {
@@ -61,18 +81,28 @@ static void pump_run(ftpp_pump *p)
             } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
                 finish(p, -errno, 2);
                 return;
+            } else {
+                dst_blocked = true;
             }
         }
         if (p->src_eof && p->in_pipe == 0) {
             finish(p, 0, 0);
             return;
         }
-        if (!moved)
+        if (!moved) {
+            exhausted = false;
             break;
+        }
+        dst_blocked = false;
     }
     if (p->activity_ms != NULL)
         *p->activity_ms = dp_now_ms();
-    pump_update(p);
+    /* Watch the destination only when it pushed back (or the budget ran out with bytes
+     * left): while it keeps up, the source's readiness drives both halves, and every
+     * change of interest costs an epoll_ctl. */
+    int want_src = !p->src_eof && p->in_pipe < p->pipe_cap ? UV_READABLE : 0;
+    int want_dst = p->in_pipe > 0 && (dst_blocked || exhausted) ? UV_WRITABLE : 0;
+    pump_watch(p, want_src, want_dst);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -86,20 +116,6 @@ static void on_poll(uv_poll_t *h, int status, int events)
         return;
     }
     pump_run(p);
-}
-
-static void pump_update(ftpp_pump *p)
-{
-    if (p->done)
-        return;
-    if (!p->src_eof && p->in_pipe < p->pipe_cap)
-        uv_poll_start(&p->src_poll, UV_READABLE, on_poll);
-    else
-        uv_poll_stop(&p->src_poll);
-    if (p->in_pipe > 0)
-        uv_poll_start(&p->dst_poll, UV_WRITABLE, on_poll);
-    else
-        uv_poll_stop(&p->dst_poll);
 }
 
 int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_t cap,
@@ -124,7 +140,7 @@ int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_
     uv_poll_init_socket(loop, &p->dst_poll, dst_fd);
     p->src_poll.data = p->dst_poll.data = p;
     p->open_handles = 2;
-    pump_update(p); /* never calls cb from here: the first splice waits for readiness */
+    pump_watch(p, UV_READABLE, 0); /* never calls cb from here: splices wait for readiness */
     return 0;
 }
 
