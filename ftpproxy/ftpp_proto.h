@@ -73,10 +73,10 @@ typedef struct ftpp_reply_reader {
 typedef struct ftpp_reply_line {
     const char *text; /* the line without CR/LF, NUL-terminated (points into the reader) */
     size_t len;
-    int code;      /* the reply's code (100..599), or 0 for a line that has none */
-    bool first;    /* this line starts a reply */
-    bool last;     /* this line ends the reply (single line, or "ddd " closing a multi-line) */
-    bool cut;      /* the line was longer than FTPP_REPLY_LINE_MAX and was cut */
+    int code;   /* the reply's code (100..599), or 0 for a line that has none */
+    bool first; /* this line starts a reply */
+    bool last;  /* this line ends the reply (single line, or "ddd " closing a multi-line) */
+    bool cut;   /* the line was longer than FTPP_REPLY_LINE_MAX and was cut */
 } ftpp_reply_line;
 
 void ftpp_reply_init(ftpp_reply_reader *rr);

@@ -467,22 +467,16 @@ static void dispatch_line(ftpp_sess *s, char *line)
 {
     char verb[5];
     char *arg = NULL;
-    /* Keep the whole line for relaying: ftpp_cmd_split writes into its argument. */
-    char copy[FTPP_CMD_MAX + 1];
-    snprintf(copy, sizeof copy, "%s", line);
     s->activity_ms = dp_now_ms();
-    if (ftpp_cmd_split(copy, verb, &arg) != 0) {
+    if (ftpp_cmd_split(line, verb, &arg) != 0) {
         ftpp_sess_reply(s, "500 Unknown command.");
         return;
     }
-    if (strcmp(verb, "PASS") == 0)
-        dp_slog_debug(s->prefix, "command PASS ****");
-    else
-        dp_slog_debug(s->prefix, "command %s", verb);
+    bool secret = strcmp(verb, "PASS") == 0;
+    dp_slog_debug(s->prefix, "command %s%s", verb, secret ? " ****" : "");
     if (ftpp_data_busy(s)) {
-        if (dispatch_during_transfer(s, verb, line))
-            return;
-        s->busy = true;
+        if (!dispatch_during_transfer(s, verb, line))
+            s->busy = true;
         return;
     }
     s->busy = true;
@@ -490,6 +484,8 @@ static void dispatch_line(ftpp_sess *s, char *line)
         dispatch_loggedin(s, verb, arg, line);
     else
         dispatch_prelogin(s, verb, arg);
+    if (secret)
+        explicit_bzero(line, strlen(line)); /* the password is on its way; no copy stays */
 }
 
 /* Parse and run lines while no command is in progress. */
@@ -512,6 +508,8 @@ static void process_input(ftpp_sess *s)
         size_t used = ftpp_line_feed(&s->lb, s->cin, s->cin_len, &st);
         memmove(s->cin, s->cin + used, s->cin_len - used);
         s->cin_len -= used;
+        /* What moved down leaves a copy behind it (maybe a PASS line): clear it. */
+        explicit_bzero(s->cin + s->cin_len, used);
         if (st == FTPP_LINE_NONE)
             break;
         if (st == FTPP_LINE_TOO_LONG) {
