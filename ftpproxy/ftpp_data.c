@@ -418,6 +418,10 @@ static void xfer_finish(ftpp_sess *s, int code, bool ready)
         return;
     ftpp_sess_op_timer_stop(s);
     xfer_close_legs(x);
+    /* A listener still open belongs to this transfer (a new PASV/PORT would have set
+     * dmode): its client never came, so nobody may use it later. */
+    if (s->dmode == DM_NONE)
+        drop_client_setup(s);
     if (x->dir == XD_UP)
         s->bytes_in += x->bytes;
     else
