@@ -38,6 +38,7 @@
 static _Atomic unsigned passive_cursor;
 
 static void xfer_step(ftpp_sess *s);
+static void xfer_fail_local(ftpp_sess *s, const char *reply);
 static void xfer_finish(ftpp_sess *s, int code, bool ready);
 
 /* ---- addresses ---- */
@@ -120,7 +121,11 @@ static void sock_event(uv_poll_t *h, int status, int events)
             if (fd < 0) {
                 if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
                     return;
-                kp->cb(kp->s, &kp->k, -1, -errno);
+                /* EMFILE and the like: stop watching (the readiness would repeat at
+                 * once, a busy loop) and let the owner fail its transfer. */
+                int err = -errno;
+                uv_poll_stop(h);
+                kp->cb(kp->s, &kp->k, -1, err);
                 return;
             }
             kp->k.peer = peer;
@@ -251,6 +256,9 @@ static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 {
     if (status < 0) {
         dp_slog_warn(s->prefix, "passive accept: %s", strerror(-status));
+        sock_close(&s->pasv);
+        if (s->xfer != NULL && s->xfer->state == XS_CLIENT_LEG)
+            xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
     struct sockaddr_storage peer = k->peer;
@@ -574,9 +582,14 @@ static void backend_connected(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 static void backend_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 {
     ftpp_xfer *x = s->xfer;
-    if (x == NULL || status < 0) {
+    if (x == NULL) {
         if (fd >= 0)
             close(fd);
+        return;
+    }
+    if (status < 0) {
+        dp_slog_warn(s->prefix, "accepting the backend's data connection: %s", strerror(-status));
+        data_expired(s); /* the same end as a backend that never connects */
         return;
     }
     if (!same_ip(&k->peer, &s->backend_addr)) {
