@@ -237,7 +237,9 @@ static void login_failed(ftpp_sess *s, const char *why)
     reset_attempt(s);
     s->state = ST_PRELOGIN;
     if (s->login_failures >= cf->max_login_attempts) {
-        ftpp_sess_close(s, "530 Login incorrect.\r\n", "too many failed logins");
+        /* 421: the client learns the connection ends, not that this password was wrong
+         * (the same for known and unknown users). */
+        ftpp_sess_close(s, "421 Too many failed login attempts.\r\n", "too many failed logins");
         return;
     }
     ftpp_sess_reply(s, "530 Login incorrect.");
@@ -326,7 +328,7 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
             snprintf(why, sizeof why, "backend answered PASS with %d", code);
             fail_421(s, "Service not available, try again later.", why);
         } else {
-            login_failed(s, "backend_refused");
+            login_failed(s, "backend");
         }
         return;
     default:

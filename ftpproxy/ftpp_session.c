@@ -344,17 +344,13 @@ static void cmd_opts(ftpp_sess *s, const char *arg)
 
 static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
 {
-    if (strcmp(verb, "USER") == 0) {
-        if (arg[0] == '\0') {
-            ftpp_sess_reply(s, "501 Syntax error: USER needs a name.");
-            return;
-        }
+    if (strcmp(verb, "USER") == 0 && arg[0] == '\0') {
+        ftpp_sess_reply(s, "501 Syntax error: USER needs a name.");
+    } else if (strcmp(verb, "USER") == 0) {
         ftpp_login_user(s, arg);
+    } else if (strcmp(verb, "PASS") == 0 && s->state != ST_NEED_PASS) {
+        ftpp_sess_reply(s, "503 Login with USER first.");
     } else if (strcmp(verb, "PASS") == 0) {
-        if (s->state != ST_NEED_PASS) {
-            ftpp_sess_reply(s, "503 Login with USER first.");
-            return;
-        }
         ftpp_login_pass(s, arg);
     } else if (strcmp(verb, "QUIT") == 0) {
         ftpp_sess_close(s, "221 Goodbye.\r\n", "quit");
