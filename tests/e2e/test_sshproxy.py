@@ -50,7 +50,8 @@ import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
 from pg import sql_literal  # noqa: E402
-from sshproxy_env import SSHPROXY, kill_group, run_cmd, run_suite  # noqa: E402
+from proxy_env import kill_group, run_cmd  # noqa: E402
+from sshproxy_env import SSHPROXY, SshProxyEnv  # noqa: E402
 from users import make_keypair  # noqa: E402
 
 check = Checks()
@@ -554,12 +555,6 @@ def t_git(env):
 
 
 # ---- 16 known_hosts fallback ------------------------------------------------------------------
-def restart_proxy(env):
-    env.stop_proxy()
-    env.write_config()
-    env.start_proxy()
-
-
 def t_known_hosts(env):
     """Routes without a pin: ssh.known_hosts decides; without an entry the login is refused."""
     web1 = env.backends["web1"]
@@ -567,7 +562,7 @@ def t_known_hosts(env):
     with open(kh, "w") as f:
         f.write("# web1 only\n[127.0.0.1]:%d %s\n" % (web1.ssh_port, web1.ssh_hostkey_pub))
     env.ssh_conf["known_hosts"] = kh
-    restart_proxy(env)
+    env.restart_proxy()
     env.pg.psql("UPDATE dynproxy.backends SET hostkey_sha256 = NULL")
     env.settle()
     try:
@@ -584,7 +579,7 @@ def t_known_hosts(env):
             env.set_pin(name, None, settle=False)
         env.settle()
         del env.ssh_conf["known_hosts"]
-        restart_proxy(env)
+        env.restart_proxy()
 
 
 # ---- 17 limits ----------------------------------------------------------------------------------
@@ -612,7 +607,7 @@ def t_limits(env):
     saved = dict(env.ssh_conf)
     env.ssh_conf.update({"max_startups_per_ip": 2, "login_grace_ms": 1500,
                          "idle_timeout_s": 2, "max_auth_tries": 2})
-    restart_proxy(env)
+    env.restart_proxy()
     try:
         a, b = silent_conn(env.port), silent_conn(env.port)
         time.sleep(0.3)
@@ -635,7 +630,7 @@ def t_limits(env):
               "%s (%.1fs)" % (r, took))
         # Two wrong passwords cost ~4 s of backend PAM delay: more than the short grace above.
         env.ssh_conf["login_grace_ms"] = 30000
-        restart_proxy(env)
+        env.restart_proxy()
         argv, e = env.ssh_argv(env.users[0], "true", password="wrong", loglevel="INFO")
         argv = [a if a != "NumberOfPasswordPrompts=1" else "NumberOfPasswordPrompts=5"
                 for a in argv]
@@ -667,7 +662,7 @@ def t_limits(env):
     finally:
         env.ssh_conf.clear()
         env.ssh_conf.update(saved)
-        restart_proxy(env)
+        env.restart_proxy()
 
 
 # ---- 18 authorized_keys options --------------------------------------------------------------
@@ -1001,9 +996,9 @@ TESTS = [
 
 
 def main(argv):
-    return run_suite(check, "test_sshproxy", TESTS, argv, {"nusers": 3},
-                     setup=lambda env: env.move(env.users[2], "web2", settle=True),
-                     stop_with="14")
+    return SshProxyEnv.run_suite(check, "test_sshproxy", TESTS, argv, {"nusers": 3},
+                                 setup=lambda env: env.move(env.users[2], "web2", settle=True),
+                                 stop_with="14")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Run by ctest (label e2e) or directly as root:
 
 import hashlib
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -26,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from sshproxy_env import kill_group, run_suite, vm_rss_kib  # noqa: E402
+from proxy_env import kill_group, raise_nofile, vm_rss_kib  # noqa: E402
+from sshproxy_env import SshProxyEnv  # noqa: E402
 
 check = Checks()
 MiB = 1 << 20
@@ -283,23 +283,11 @@ TESTS = [
 ]
 
 
-def spread_users(env):
-    """Every other user on web2, so the load crosses both backends."""
-    env.route_of = {}
-    for i, u in enumerate(env.users):
-        env.route_of[u.name] = "web1" if i % 2 == 0 else "web2"
-        if env.route_of[u.name] != "web1":
-            env.move(u, env.route_of[u.name])
-    env.settle()
-
-
 def main(argv):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < min(hard, 8192):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    return run_suite(check, "test_sshproxy_load", TESTS, argv,
-                     {"nusers": NUSERS, "ssh_conf": {"max_startups_per_ip": 1000}},
-                     setup=spread_users)
+    raise_nofile(8192)
+    return SshProxyEnv.run_suite(check, "test_sshproxy_load", TESTS, argv,
+                                 {"nusers": NUSERS, "ssh_conf": {"max_startups_per_ip": 1000}},
+                                 setup=SshProxyEnv.spread_users)
 
 
 if __name__ == "__main__":
