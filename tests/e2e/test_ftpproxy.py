@@ -6,11 +6,12 @@ build/ftpproxy/ftpproxy, real clients: Python ftplib, curl, lftp (fixture:
 tests/harness/ftpproxy_env.py; behaviour: /tmp/dp-briefs/ftpproxy-contract.md). Sections,
 each a list of checks that can fail:
 
-   1 greeting and the commands before login (FEAT SYST NOOP HOST OPTS AUTH PASS QUIT, others 530)
+   1 greeting and the commands before login (FEAT SYST NOOP HOST OPTS AUTH QUIT, PASS before
+     USER 503, others 530)
    2 login: 331 for every user, wrong password and unknown user indistinguishable (text and
      time), a retry on the same connection, max_login_attempts -> 421 + close
-   3 routing: logins land on the route's backend; a route moved in PostgreSQL is followed by
-     the next login without a proxy restart
+   3 routing: logins land on the route's backend; USER after login is refused; a route moved
+     in PostgreSQL is followed by the next login without a proxy restart
    4 maintenance -> "421 <message>" + close; off again -> login works
    5 unavailable backends: stopped, silent, PostgreSQL down -> 421 + close within seconds
    6 data: PASV, EPSV, PORT and EPRT each for LIST, NLST, MLSD, RETR, STOR, APPE (ftplib,
@@ -28,7 +29,8 @@ each a list of checks that can fail:
   15 limits and timeouts (proxy restarted with short values): login timeout, idle timeout,
      a slow transfer outlives the idle timeout, max_sessions_per_ip, masquerade_address,
      SIGTERM with a session open
-  16 (final, implicit) SIGTERM: ftpproxy exits 0
+  16 backend_passive = false (EPRT/PORT toward the backend) under the four client modes
+  17 (final, implicit) SIGTERM: ftpproxy exits 0
 
 Run by ctest (label e2e) or directly as root:
     PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_ftpproxy.py [section numbers...]
@@ -148,7 +150,7 @@ def t_prelogin(env):
         for line, want_code, text in (("SYST", 215, "215 UNIX Type: L8"), ("NOOP", 200, None),
                                       ("HOST ftp.example.com", 220, None),
                                       ("OPTS UTF8 ON", 200, None), ("AUTH TLS", 502, None),
-                                      ("PASS secret", 503, None), ("PWD", 530, None),
+                                      ("PWD", 530, None),
                                       ("LIST", 530, None), ("CWD /", 530, None),
                                       ("RETR BACKEND", 530, None), ("SITE HELP", 530, None)):
             r = try_reply(f, line)
@@ -158,6 +160,17 @@ def t_prelogin(env):
         closed, _, _ = drain_until_closed(f.sock, 3)
         check(code(r) == 221 and closed, "QUIT -> 221 and the connection is closed",
               "%r closed=%s" % (r, closed))
+    finally:
+        close_ftp(f)
+    f = env.ftp(timeout=5)
+    try:
+        r = try_reply(f, "PASS secret")
+        n = try_reply(f, "NOOP")
+        u = env.users[0]
+        r1, r2 = try_reply(f, "USER " + u.name), try_reply(f, "PASS " + u.password)
+        check(code(r) == 503 and code(n) == 200 and code(r1) == 331 and code(r2) == 230,
+              "before login: PASS before USER -> 503, then NOOP -> 200 and a login works",
+              "%r, NOOP %r, USER %r, PASS %r" % (r, n, r1, r2))
     finally:
         close_ftp(f)
 
@@ -252,6 +265,18 @@ def t_routing(env):
     for u, name in ((u0, "web1"), (u2, "web2")):
         got = backend_of(env, u)
         check(got == name, "a user routed to %s lands on %s" % (name, name), got)
+    try:
+        f = env.ftp(u0)
+        try:
+            r1, r2 = try_reply(f, "USER " + u2.name), try_reply(f, "PASS " + u2.password)
+            x = data_transfer(f, "EPSV", "RETR BACKEND")
+        finally:
+            close_ftp(f)
+        check(code(r1) == 530 and x.ok and x.data.strip() == b"web1",
+              "USER after login -> 530: the session stays the routed user's, on web1",
+              "USER %r, PASS %r, %s" % (r1, r2, x))
+    except (OSError, EOFError, ftplib.Error) as e:
+        check(False, "USER after login -> 530", repr(e))
     pid = env.proxy_pid
     first = backend_of(env, u1)
     check(first == "web1", "the mover logs in on web1 before the move", first)
@@ -922,6 +947,39 @@ def slow_transfer_outlives_idle(env, u):
         close_ftp(f)
 
 
+# ---- 16 backend_passive = false ------------------------------------------------------------------
+def t_backend_active(env):
+    """The backend leg in active mode (EPRT/PORT toward vsftpd, the proxy accepts), under all
+    four client modes."""
+    u = env.users[0]
+    env.conf["backend_passive"] = False
+    env.restart_proxy()
+    try:
+        data = env.put_random("web1", u, "bactive.bin", 3 * MiB + 11)
+        f = env.ftp(u)
+        try:
+            reply(f, "TYPE I")
+            for mode in MODES:
+                x = data_transfer(f, mode, "RETR bactive.bin")
+                check(x.ok and sha(x.data) == sha(data),
+                      "backend_passive=false, client %s: RETR 3 MiB sha256 equal" % mode, x)
+                up = os.urandom(2 * MiB + 5)
+                name = "bactive-up-%s.bin" % mode
+                x = data_transfer(f, mode, "STOR " + name, upload=up)
+                got = env.get_data("web1", u, name)
+                check(x.ok and got is not None and sha(got) == sha(up),
+                      "backend_passive=false, client %s: STOR 2 MiB sha256 equal on web1" % mode,
+                      "%s; on web1 %s bytes" % (x, None if got is None else len(got)))
+                x = data_transfer(f, mode, "NLST")
+                check(x.ok and name.encode() in x.data.split(b"\r\n"),
+                      "backend_passive=false, client %s: NLST lists the upload" % mode, x)
+        finally:
+            close_ftp(f)
+    finally:
+        env.conf["backend_passive"] = True
+        env.restart_proxy()
+
+
 TESTS = [
     ("1 pre-login", t_prelogin),
     ("2 login", t_login),
@@ -938,13 +996,14 @@ TESTS = [
     ("13 hostile lines", t_hostile),
     ("14 log lines", t_log),
     ("15 limits", t_limits),
+    ("16 backend active", t_backend_active),
 ]
 
 
 def main(argv):
     return FtpProxyEnv.run_suite(check, "test_ftpproxy", TESTS, argv, {"nusers": 3},
                                  setup=lambda env: env.move(env.users[2], "web2", settle=True),
-                                 stop_with="16")
+                                 stop_with="17")
 
 
 if __name__ == "__main__":
