@@ -9,6 +9,7 @@
  * a transfer ABOR and STAT are served at once (RFC 959 §4.1.3); anything else waits.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,10 @@ static void maybe_free(ftpp_sess *s)
     free(s->held_line);
     free(s->rtext);
     free(s);
+    /* glibc keeps freed session memory in its arenas; when a worker has no session left
+     * (after a burst, at night), give it back so RSS returns to the idle figure. */
+    if (fw->nsessions == 0)
+        malloc_trim(0);
 }
 
 void ftpp_sess_unref(ftpp_sess *s)
