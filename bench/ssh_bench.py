@@ -32,12 +32,9 @@ Exit status: 0 when every measurement ran (targets met or not), 1 when something
 """
 
 import argparse
-import json
 import os
-import platform
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +46,8 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "harness"))
 os.environ.setdefault("DP_SOURCE_DIR", SOURCE_DIR)
 
 import dpenv  # noqa: E402
+from benchlib import (cpu_secs, f1, f2, failure_lines, fmt_size, git_describe,  # noqa: E402
+                      machine_info, median, meminfo, parse_size, proc_status, ratio, run_bench)
 from sshproxy_env import SshProxyEnv, kill_group, proxy_missing, run_cmd  # noqa: E402
 
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com")
@@ -60,95 +59,6 @@ MIN_MEM_AVAILABLE_KIB = 2 * 1024 * 1024     # stop opening sessions below 2 GiB 
 
 def log(msg, *args):
     dpenv.log(msg, *args)
-
-
-def parse_size(s):
-    s = s.strip()
-    units = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("G", 1 << 30),
-             ("M", 1 << 20), ("K", 1 << 10), ("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)]
-    for suffix, mult in sorted(units, key=lambda u: -len(u[0])):
-        if s.endswith(suffix):
-            return int(float(s[:-len(suffix)]) * mult)
-    return int(s)
-
-
-def fmt_size(n):
-    for unit, mult in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= mult and n % mult == 0:
-            return "%d %s" % (n // mult, unit)
-    return "%d B" % n
-
-
-def median(xs):
-    return statistics.median(xs) if xs else None
-
-
-def ratio(a, b):
-    return a / b if a is not None and b else None
-
-
-def machine_info():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_kib = meminfo().get("MemTotal")
-    ssh_v = subprocess.run(["ssh", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=10).stdout.strip()
-    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "mem_total_gib": round(mem_kib / 1048576.0, 1) if mem_kib else None,
-            "openssh": ssh_v, "python": platform.python_version(), "loadavg_at_start": loadavg()}
-
-
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return None
-
-
-def meminfo():
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def proc_status(pid):
-    """{VmRSS, RssAnon, VmHWM, Threads} (KiB / count) of pid, plus its fd count."""
-    out = {}
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM", "Threads"):
-                    out[k] = int(v.split()[0])
-        out["fds"] = len(os.listdir("/proc/%d/fd" % pid))
-    except (OSError, ValueError):
-        return None
-    return out
-
-
-def cpu_secs(pid):
-    """utime+stime of pid in seconds (None when gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read()
-        fields = st[st.rfind(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Bench:
@@ -252,8 +162,17 @@ class Bench:
             r = run_cmd(argv, env=e, timeout=30)
             if r.rc != 0 or r.out.strip() != "web1":
                 raise dpenv.HarnessError("path %s does not reach web1: %s" % (path, r))
+        self.results["proxy_binary"] = os.path.realpath(os.path.join(dpenv.BUILD_DIR, "sshproxy",
+                                                                     "sshproxy"))
+
+    def abort_log(self):
+        return self.proxy_log_since(0) if self.env and self.env.logfile else []
 
     def teardown(self):
+        self.results.pop("_idle_base_fds", None)
+        if self.env is not None and self.env.logfile:
+            self.results["proxy_log_problems"] = self.proxy_log_since(0, limit=200)
+            self.results["proxy_restarts"] = self.env.restarts
         if self.env is not None:
             problems = self.env.close()
             for p in problems:
@@ -617,7 +536,7 @@ class Bench:
                         "%.0f GiB" % m["mem_total_gib"], m["kernel"], m["openssh"]))
         src = R.get("source") or {}
         lines.append("source %s%s, proxy workers %d, load average at start %s" % (
-            src.get("commit", "?"), " (+ uncommitted changes)" if src.get("sshproxy_dirty")
+            src.get("commit", "?"), " (+ uncommitted changes)" if src.get("dirty")
             else "", R["args"]["workers"], m.get("loadavg_at_start")))
         if "stream" in R:
             s = R["stream"]
@@ -699,37 +618,8 @@ class Bench:
                                  if c.get("after_close") and c["after_close"].get("status")
                                  else ""))
                 prev = ent["status"]["VmRSS"]
-        if self.failures:
-            lines.append("")
-            lines.append("FAILURES (%d):" % len(self.failures))
-            for f in self.failures:
-                lines.append("- %s %s: %s" % (f["phase"], f["what"], f["symptom"][:400]))
-                for ln in f["proxy_log"][-5:]:
-                    lines.append("    proxy: %s" % ln[:300])
-                if f.get("proxy_died"):
-                    lines.append("    " + f["proxy_died"].replace("\n", "\n    "))
+        lines += failure_lines(self.failures, "proxy")
         return "\n".join(lines)
-
-
-def git_describe():
-    """Commit of the source tree and whether sshproxy/ had uncommitted changes."""
-    def git(*a):
-        try:
-            return subprocess.run(["git", "-C", SOURCE_DIR] + list(a), stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "sshproxy_dirty": bool(git("status", "--porcelain", "--", "sshproxy", "common",
-                                       "hooks"))}
-
-
-def f1(v):
-    return "-" if v is None else "%.1f" % v
-
-
-def f2(v):
-    return "-" if v is None else "%.2f" % v
 
 
 def main():
@@ -772,56 +662,15 @@ def main():
         return 2
 
     b = Bench(args)
-    b.results["machine"] = machine_info()
+    b.results["machine"] = machine_info({"openssh": ["ssh", "-V"]})
     b.results["args"] = {"size": args.size, "repeat": args.repeat, "ciphers": args.ciphers,
                          "connect_repeat": args.connect_repeat, "sessions": args.sessions,
                          "batch": args.batch, "phases": phases, "workers": args.workers,
                          "cycles": args.cycles}
     b.results["targets"] = TARGETS
-    b.results["source"] = git_describe()
-    rc = 0
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt("signal %d" % signum)
-    signal.signal(signal.SIGTERM, on_term)
-    t0 = time.monotonic()
-    try:
-        b.setup()
-        b.results["proxy_binary"] = os.path.realpath(os.path.join(dpenv.BUILD_DIR, "sshproxy",
-                                                                  "sshproxy"))
-        if "stream" in phases:
-            b.bench_stream()
-        if "connect" in phases:
-            b.bench_connect()
-        if "idle" in phases:
-            b.bench_idle()
-        b.check_backend_hop()
-    except KeyboardInterrupt as e:
-        log("interrupted: %s", e)
-        b.failures.append({"phase": "run", "what": "interrupted", "symptom": str(e),
-                           "proxy_log": []})
-    except Exception as e:  # noqa: BLE001 - report, then clean up
-        log("benchmark aborted: %r", e)
-        b.failures.append({"phase": "run", "what": "aborted", "symptom": repr(e),
-                           "proxy_log": b.proxy_log_since(0) if b.env and b.env.logfile
-                           else []})
-    finally:
-        if b.env is not None and b.env.logfile:
-            b.results["proxy_log_problems"] = b.proxy_log_since(0, limit=200)
-            b.results["proxy_restarts"] = b.env.restarts
-        b.teardown()
-    b.results.pop("_idle_base_fds", None)
-    b.results["loadavg_at_end"] = loadavg()
-    b.results["elapsed_s"] = round(time.monotonic() - t0, 1)
-    b.results["failures"] = b.failures
-    print(b.report())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(b.results, f, indent=1, sort_keys=True)
-        log("wrote %s", args.json)
-    if b.failures:
-        rc = 1
-    return rc
+    b.results["source"] = git_describe(("sshproxy", "common", "hooks"))
+    steps = [getattr(b, "bench_" + p) for p in ("stream", "connect", "idle") if p in phases]
+    return run_bench(b, steps + [b.check_backend_hop], args.json)
 
 
 if __name__ == "__main__":
