@@ -179,6 +179,10 @@ static int listen_on(const struct sockaddr_storage *addr, int lo, int hi, uint16
     int fd = socket(a.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+    /* A port's last data connection sits in TIME_WAIT for a minute after each transfer;
+     * without SO_REUSEADDR a small range would be exhausted by a handful of downloads. */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     int span = lo == 0 ? 1 : hi - lo + 1;
     unsigned start = lo == 0 ? 0 : passive_cursor++;
     int rc = -EADDRINUSE;
