@@ -199,6 +199,7 @@ def t_login(env):
         fw = pool.submit(login_fail, env, u0.name, u0.password + "x")
         fu = pool.submit(login_fail, env, unknown, u0.password)
         (w1, w2, wt, wf), (n1, n2, nt, nf) = fw.result(), fu.result()
+    clients = [client_addr(wf), client_addr(nf)]
     try:
         check(w1 == prompt and n1 == prompt, "USER -> %r for a known and an unknown user" % prompt,
               "known: %r unknown: %r" % (w1, n1))
@@ -223,12 +224,13 @@ def t_login(env):
         check([e.get("reason") for e in ev] == ["unknown_user"],
               "event=login_fail user=<unknown> reason=unknown_user logged once",
               [e["_line"] for e in ev])
-        ev = env.wait_events("login_fail", after=off, user=u0.name)
+        ev = env.wait_events("login_fail", after=off, user=u0.name, client=clients[0])
         check(len(ev) == 1 and ev[0].get("reason") == "backend",
               "event=login_fail user=<known> reason=backend for the wrong password",
               [e["_line"] for e in ev])
-        ev = env.wait_events("login", after=off, user=u0.name, count=2)
-        check(len(ev) == 2 and all(e.get("backend") == "web1" and e.get("sid") for e in ev),
+        ev = [e for c in clients for e in env.wait_events("login", after=off, client=c)]
+        check(len(ev) == 2 and all(e.get("backend") == "web1" and e.get("sid")
+                                   and e.get("user") == u0.name for e in ev),
               "event=login sid user backend=web1 for each successful login",
               [e["_line"] for e in ev])
 

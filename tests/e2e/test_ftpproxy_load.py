@@ -143,9 +143,10 @@ def t_mirror(env):
 
 
 # ---- 3 200 concurrent sessions --------------------------------------------------------------------
-def session(env, i, user, down_sha, logged_in, prepared):
-    """One of the concurrent sessions; returns None or what went wrong. Every session passes
-    both barriers (a failed one too), so one failure never stalls the others."""
+def session(env, i, user, down_sha, logged_in, prepared, clients):
+    """One of the concurrent sessions; returns None or what went wrong, and adds its client
+    address to `clients`. Every session passes both barriers (a failed one too), so one
+    failure never stalls the others."""
     mode = MODES[(i // NUSERS) % 4]
     waited = {"prepared": False}
 
@@ -162,6 +163,7 @@ def session(env, i, user, down_sha, logged_in, prepared):
             return "session %d: login: %r" % (i, e)
         finally:
             logged_in.wait()
+        clients.add("%s:%d" % f.sock.getsockname()[:2])
         reply(f, "TYPE I")
         x = data_transfer(f, mode, "RETR conc-down.bin", timeout=60, ready=ready)
         if not x.ok or sha(x.data) != down_sha:
@@ -204,10 +206,11 @@ def t_concurrent(env):
     off = env.log_offset()
     logged_in = threading.Barrier(SESSIONS, timeout=BARRIER_TIMEOUT)
     prepared = threading.Barrier(SESSIONS, timeout=BARRIER_TIMEOUT)
+    clients = set()
     t0 = time.monotonic()
     with ThreadPoolExecutor(SESSIONS) as pool:
         futs = [pool.submit(session, env, i, users[i % NUSERS], down[users[i % NUSERS].name],
-                            logged_in, prepared) for i in range(SESSIONS)]
+                            logged_in, prepared, clients) for i in range(SESSIONS)]
         bad = [r for r in (fut.result() for fut in futs) if r]
     took = time.monotonic() - t0
     check(not bad, "%d concurrent sessions (all logged in at once, all data connections "
@@ -215,14 +218,14 @@ def t_concurrent(env):
           "the right backend (%d failed, %.1fs)" % (SESSIONS, len(bad), took),
           "\n".join(bad[:8]))
     if not env.selftest:
-        names = {u.name for u in users}
         ends = [e for e in env.wait_events("session_end", after=off, count=SESSIONS,
-                                           timeout=15) if e.get("user") in names]
+                                           timeout=15) if e.get("client") in clients]
         full = [e for e in ends if int(e.get("bytes_in", "0") or 0) >= SESSION_BYTES
                 and int(e.get("bytes_out", "0") or 0) >= SESSION_BYTES]
-        check(len(ends) == SESSIONS and len(full) == SESSIONS,
+        check(len(clients) == SESSIONS and len(ends) == SESSIONS and len(full) == SESSIONS,
               "one session_end line per session, each with >= 1 MiB each way",
-              "%d session_end lines, %d with full byte counts" % (len(ends), len(full)))
+              "%d sessions, %d session_end lines, %d with full byte counts"
+              % (len(clients), len(ends), len(full)))
     note("%d sessions x 2 MiB in %.1fs", SESSIONS, took)
 
 
