@@ -151,7 +151,6 @@ typedef enum ftpp_xdir {
 } ftpp_xdir;
 
 typedef enum ftpp_xstate {
-    XS_NONE,
     XS_CLIENT_LEG,   /* waiting for the client's data connection (accept / connect) */
     XS_BACKEND_PASV, /* EPSV/PASV sent to the backend */
     XS_BACKEND_CONN, /* connecting to the backend's data port */
@@ -225,7 +224,6 @@ struct ftpp_sess {
     bool unknown_user;    /* answer PASS with 530 after the delay */
     bool backend_no_pass; /* the backend logged in at USER (230): answer PASS with it */
     int login_failures;
-    int backend_connects;
     bool logged_start;
 
     /* backend control connection */
@@ -291,7 +289,6 @@ void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line);
 /* Same, and the copy is wiped once written (PASS). */
 void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line);
 void ftpp_backend_resume(ftpp_sess *s);
-bool ftpp_backend_expects(const ftpp_sess *s, ftpp_expect ex);
 void ftpp_backend_close(ftpp_sess *s);
 /* Unsent expectations become EX_SWALLOW (their answers are dropped). */
 void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex);
@@ -299,7 +296,7 @@ void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex);
 /* ftpp_data.c */
 void ftpp_data_cmd_pasv(ftpp_sess *s, bool extended, const char *arg);
 void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg);
-void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, char *line);
+void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line);
 void ftpp_data_cmd_abor(ftpp_sess *s);
 void ftpp_data_cmd_stat(ftpp_sess *s);
 /* Backend reply lines for EX_PASV / EX_PORT / EX_TRANSFER (last = final line of the reply). */

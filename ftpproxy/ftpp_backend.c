@@ -128,14 +128,6 @@ void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex)
             s->pending[i] = EX_SWALLOW;
 }
 
-bool ftpp_backend_expects(const ftpp_sess *s, ftpp_expect ex)
-{
-    for (int i = 0; i < s->npending; i++)
-        if (s->pending[i] == ex)
-            return true;
-    return false;
-}
-
 /* ---- replies ---- */
 
 static void collect(ftpp_sess *s, const ftpp_reply_line *rl)

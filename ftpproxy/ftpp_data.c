@@ -540,47 +540,46 @@ static void data_expired(ftpp_sess *s)
     xfer_fail_local(s, "425 Can't open data connection.");
 }
 
-static void client_connected(ftpp_sess *s, ftpp_sock *k, int fd, int status)
+/* An outgoing data connection finished connecting: the client's (active mode) or the
+ * backend's (passive toward it). */
+static void leg_connected(ftpp_sess *s, int fd, int status, bool client)
 {
     ftpp_xfer *x = s->xfer;
-    (void)k;
     if (x == NULL) {
         if (fd >= 0)
             close(fd);
         return;
     }
-    sock_close(&x->csock);
+    sock_close(client ? &x->csock : &x->bsock);
     if (status < 0) {
         char a[64];
-        dp_slog_info(s->prefix, "active data connection to %s: %s",
-                     dp_sockaddr_format((struct sockaddr *)&s->active_addr, a, sizeof a),
-                     strerror(-status));
+        if (client)
+            dp_slog_info(s->prefix, "active data connection to %s: %s",
+                         dp_sockaddr_format((struct sockaddr *)&s->active_addr, a, sizeof a),
+                         strerror(-status));
+        else
+            dp_slog_warn(s->prefix, "backend data connection: %s", strerror(-status));
         xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
     dp_sock_tune(fd, 0);
-    x->cfd = fd;
+    if (client)
+        x->cfd = fd;
+    else
+        x->bfd = fd;
     xfer_step(s);
+}
+
+static void client_connected(ftpp_sess *s, ftpp_sock *k, int fd, int status)
+{
+    (void)k;
+    leg_connected(s, fd, status, true);
 }
 
 static void backend_connected(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 {
-    ftpp_xfer *x = s->xfer;
     (void)k;
-    if (x == NULL) {
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    sock_close(&x->bsock);
-    if (status < 0) {
-        dp_slog_warn(s->prefix, "backend data connection: %s", strerror(-status));
-        xfer_fail_local(s, "425 Can't open data connection.");
-        return;
-    }
-    dp_sock_tune(fd, 0);
-    x->bfd = fd;
-    xfer_step(s);
+    leg_connected(s, fd, status, false);
 }
 
 static void backend_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
@@ -619,7 +618,6 @@ static void send_backend_pasv(ftpp_sess *s)
 
 static void send_backend_port(ftpp_sess *s)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
     ftpp_xfer *x = s->xfer;
     struct sockaddr_storage local = s->backend_local;
     unmap(&local);
@@ -641,7 +639,6 @@ static void send_backend_port(ftpp_sess *s)
     line[n - 2] = '\0'; /* the formatters end with CRLF; send_line adds its own */
     x->state = XS_BACKEND_PORT;
     ftpp_backend_send_line(s, EX_PORT, line);
-    (void)cf;
 }
 
 /* Advance the transfer as far as it can go now. */
@@ -669,7 +666,7 @@ static void xfer_step(ftpp_sess *s)
     }
 }
 
-void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, char *line)
+void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     if (s->dmode == DM_NONE) {
@@ -687,10 +684,7 @@ void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, char *line)
     }
     x->cfd = x->bfd = -1;
     snprintf(x->cmd, sizeof x->cmd, "%s", verb);
-    x->dir = strcmp(verb, "RETR") == 0 ? XD_DOWN
-             : (strcmp(verb, "STOR") == 0 || strcmp(verb, "STOU") == 0 || strcmp(verb, "APPE") == 0)
-                 ? XD_UP
-                 : XD_LIST;
+    x->dir = dir;
     x->started_ms = dp_now_ms();
     x->state = XS_CLIENT_LEG;
     s->xfer = x;

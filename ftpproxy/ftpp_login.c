@@ -91,7 +91,6 @@ void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
 static void start_connect(ftpp_sess *s, const struct sockaddr *addr)
 {
     s->state = ST_CONNECTING;
-    s->backend_connects++;
     int rc = ftpp_backend_open(s, addr);
     if (rc != 0)
         ftpp_login_connect_failed(s, uv_strerror(rc));

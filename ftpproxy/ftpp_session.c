@@ -390,11 +390,6 @@ static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
 
 /* ---- commands after login ---- */
 
-static void relay(ftpp_sess *s, ftpp_expect ex, const char *line)
-{
-    ftpp_backend_send_line(s, ex, line);
-}
-
 static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *line)
 {
     static const struct {
@@ -404,7 +399,7 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
                      {"STOR", XD_UP},   {"STOU", XD_UP},   {"APPE", XD_UP}};
     for (size_t i = 0; i < sizeof transfers / sizeof transfers[0]; i++) {
         if (strcmp(verb, transfers[i].verb) == 0) {
-            ftpp_data_cmd_transfer(s, verb, line);
+            ftpp_data_cmd_transfer(s, verb, transfers[i].dir, line);
             return;
         }
     }
@@ -418,9 +413,9 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
     } else if (strcmp(verb, "ABOR") == 0) {
         ftpp_data_cmd_abor(s);
     } else if (strcmp(verb, "QUIT") == 0) {
-        relay(s, EX_QUIT, line);
+        ftpp_backend_send_line(s, EX_QUIT, line);
     } else if (strcmp(verb, "FEAT") == 0) {
-        relay(s, EX_FEAT, line);
+        ftpp_backend_send_line(s, EX_FEAT, line);
     } else if (strcmp(verb, "USER") == 0) {
         /* The route was chosen for this user; another login would need another backend. */
         ftpp_sess_reply(s, "530 Can't change to another user.");
@@ -441,7 +436,7 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
         ftpp_sess_reply(s, "503 No security exchange was done.");
         ftpp_sess_ready(s);
     } else {
-        relay(s, EX_RELAY, line);
+        ftpp_backend_send_line(s, EX_RELAY, line);
     }
 }
 
