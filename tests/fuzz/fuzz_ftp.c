@@ -329,164 +329,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 #ifndef DP_LIBFUZZER
 
-#include <dirent.h>
+#include "fuzz_replay.h"
 
-#define REPLAY_MAX_SEEDS 64
-#define REPLAY_MAX_INPUT 16384
-#define REPLAY_MUTATIONS 1000
+/* Bytes that matter to line and address parsers: Telnet codes, CR, LF, NUL, delimiters,
+ * digits. */
+static const uint8_t interesting[] = {0x00, 0x09, 0x0a, 0x0d, 0x20, 0x7f, 0xff, 0xf4,
+                                      0xf2, 0xfb, 0xfd, 0xf0, ',',  '|',  '(',  ')',
+                                      '-',  '0',  '1',  '9',  ':',  '.',  '!',  'A'};
 
-typedef struct seed {
-    uint8_t *data;
-    size_t len;
-} seed;
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-/* xorshift64*: deterministic, so a failure reproduces on every run. */
-static uint64_t rnd(void)
+/* A long run of one byte: past FTPP_CMD_MAX and FTPP_REPLY_LINE_MAX, or a long digit
+ * string. */
+static size_t special(uint8_t *buf, size_t len, size_t pos, size_t max_input)
 {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545f4914f6cdd1dull;
-}
-
-static size_t load(const char *path, seed *out)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return 0;
-    uint8_t *buf = malloc(REPLAY_MAX_INPUT);
-    size_t n = buf != NULL ? fread(buf, 1, REPLAY_MAX_INPUT, f) : 0;
-    fclose(f);
-    out->data = buf;
-    out->len = n;
-    return buf != NULL ? 1 : 0;
-}
-
-/* One mutation of the kinds that matter to line and address parsers: flipped bits, boundary
- * bytes (Telnet codes, CR, LF, NUL, delimiters, digits), cut or duplicated runs, a long run of
- * one byte (past FTPP_CMD_MAX and FTPP_REPLY_LINE_MAX, or a long digit string), a splice with
- * another seed. */
-static size_t mutate(uint8_t *buf, size_t len, const seed *seeds, size_t nseeds)
-{
-    static const uint8_t interesting[] = {0x00, 0x09, 0x0a, 0x0d, 0x20, 0x7f, 0xff, 0xf4,
-                                          0xf2, 0xfb, 0xfd, 0xf0, ',',  '|',  '(',  ')',
-                                          '-',  '0',  '1',  '9',  ':',  '.',  '!',  'A'};
-    int rounds = 1 + (int)(rnd() % 4);
-    for (int i = 0; i < rounds; i++) {
-        size_t pos = len > 0 ? (size_t)(rnd() % len) : 0;
-        switch (rnd() % 7) {
-        case 0:
-            if (len > 0)
-                buf[pos] ^= (uint8_t)(1u << (rnd() % 8));
-            break;
-        case 1:
-            if (len > 0)
-                buf[pos] = interesting[rnd() % sizeof interesting];
-            break;
-        case 2: /* truncate */
-            len = pos;
-            break;
-        case 3: /* delete a run */
-            if (len > 0) {
-                size_t n = 1 + (size_t)(rnd() % 8);
-                if (n > len - pos)
-                    n = len - pos;
-                memmove(buf + pos, buf + pos + n, len - pos - n);
-                len -= n;
-            }
-            break;
-        case 4: /* duplicate a run */
-            if (len > 0 && len < REPLAY_MAX_INPUT / 2) {
-                size_t n = 1 + (size_t)(rnd() % 16);
-                if (n > len - pos)
-                    n = len - pos;
-                memmove(buf + pos + n, buf + pos, len - pos);
-                len += n;
-            }
-            break;
-        case 5: { /* insert a long run of one byte: a digit, a letter or 0xff */
-            static const size_t sizes[] = {12, 300, FTPP_CMD_MAX, FTPP_REPLY_LINE_MAX};
-            size_t n = sizes[rnd() % 4] + (size_t)(rnd() % 3);
-            static const uint8_t fill[] = {'9', '0', 'a', 0xff};
-            if (len + n <= REPLAY_MAX_INPUT) {
-                memmove(buf + pos + n, buf + pos, len - pos);
-                memset(buf + pos, fill[rnd() % sizeof fill], n);
-                len += n;
-            }
-            break;
-        }
-        case 6: { /* splice: our head, another seed's tail */
-            const seed *o = &seeds[rnd() % nseeds];
-            if (o->len > 0) {
-                size_t from = (size_t)(rnd() % o->len);
-                size_t n = o->len - from;
-                if (pos + n > REPLAY_MAX_INPUT)
-                    n = REPLAY_MAX_INPUT - pos;
-                memcpy(buf + pos, o->data + from, n);
-                len = pos + n;
-            }
-            break;
-        }
-        }
+    static const size_t sizes[] = {12, 300, FTPP_CMD_MAX, FTPP_REPLY_LINE_MAX};
+    size_t n = sizes[fuzz_rnd() % 4] + (size_t)(fuzz_rnd() % 3);
+    static const uint8_t fill[] = {'9', '0', 'a', 0xff};
+    if (len + n <= max_input) {
+        memmove(buf + pos + n, buf + pos, len - pos);
+        memset(buf + pos, fill[fuzz_rnd() % sizeof fill], n);
+        len += n;
     }
     return len;
 }
 
 int main(int argc, char **argv)
 {
-    seed seeds[REPLAY_MAX_SEEDS];
-    size_t nseeds = 0;
-    for (int a = 1; a < argc; a++) {
-        /* Sorted by name: readdir order is not stable, the mutation sequence must be. */
-        struct dirent **names;
-        int n = scandir(argv[a], &names, NULL, alphasort);
-        if (n < 0) {
-            if (nseeds < REPLAY_MAX_SEEDS)
-                nseeds += load(argv[a], &seeds[nseeds]);
-            continue;
-        }
-        for (int i = 0; i < n; i++) {
-            char path[4096];
-            if (names[i]->d_name[0] != '.' && nseeds < REPLAY_MAX_SEEDS) {
-                snprintf(path, sizeof path, "%s/%s", argv[a], names[i]->d_name);
-                nseeds += load(path, &seeds[nseeds]);
-            }
-            free(names[i]);
-        }
-        free(names);
-    }
-    if (nseeds == 0) {
-        fprintf(stderr, "usage: %s corpus-dir-or-file...  (no seeds found)\n", argv[0]);
-        return 2;
-    }
-
-    uint8_t *buf = malloc(REPLAY_MAX_INPUT);
-    if (buf == NULL)
-        return 2;
-    size_t runs = 0;
-    for (size_t s = 0; s < nseeds; s++) {
-        LLVMFuzzerTestOneInput(seeds[s].data, seeds[s].len);
-        runs++;
-        for (int m = 0; m < REPLAY_MUTATIONS; m++) {
-            memcpy(buf, seeds[s].data, seeds[s].len);
-            size_t len = mutate(buf, seeds[s].len, seeds, nseeds);
-            /* An exact-size copy so ASan sees any read past the end. */
-            uint8_t *exact = malloc(len > 0 ? len : 1);
-            if (exact == NULL)
-                return 2;
-            memcpy(exact, buf, len);
-            LLVMFuzzerTestOneInput(exact, len);
-            free(exact);
-            runs++;
-        }
-    }
-    for (size_t s = 0; s < nseeds; s++)
-        free(seeds[s].data);
-    free(buf);
-    printf("%zu seeds, %zu inputs, no failure\n", nseeds, runs);
-    return 0;
+    static const fuzz_replay r = {16384, interesting, sizeof interesting, special};
+    return fuzz_replay_main(&r, argc, argv);
 }
 
 #endif
