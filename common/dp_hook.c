@@ -37,6 +37,8 @@ struct dp_hook {
     pthread_mutex_t sub_lock;
     subscriber *subs;
     size_t nsubs;
+    subscriber *kick_subs; /* fn is a dp_hook_kick_fn; guarded by sub_lock too */
+    size_t nkick_subs;
 };
 
 /* ---- host services offered to the hook ---- */
@@ -60,6 +62,12 @@ static void host_invalidate_all(void *ctx)
     dp_hook_invalidate(ctx, NULL);
 }
 
+static void host_kick(void *ctx, const char *user)
+{
+    if (user != NULL && user[0] != '\0')
+        dp_hook_kick(ctx, user);
+}
+
 void dp_hook_invalidate(dp_hook *hook, const char *user)
 {
     pthread_mutex_lock(&hook->sub_lock);
@@ -68,29 +76,63 @@ void dp_hook_invalidate(dp_hook *hook, const char *user)
     pthread_mutex_unlock(&hook->sub_lock);
 }
 
+void dp_hook_kick(dp_hook *hook, const char *user)
+{
+    pthread_mutex_lock(&hook->sub_lock);
+    for (size_t i = 0; i < hook->nkick_subs; i++)
+        hook->kick_subs[i].fn(hook->kick_subs[i].arg, user);
+    pthread_mutex_unlock(&hook->sub_lock);
+}
+
+/* Add (fn, arg) to a subscriber list; the caller holds sub_lock. */
+static int subs_add(subscriber **subs, size_t *n, dp_hook_invalidate_fn fn, void *arg)
+{
+    subscriber *ns = realloc(*subs, (*n + 1) * sizeof *ns);
+    if (ns == NULL)
+        return -ENOMEM;
+    *subs = ns;
+    (*subs)[(*n)++] = (subscriber){fn, arg};
+    return 0;
+}
+
+static void subs_remove(subscriber *subs, size_t *n, dp_hook_invalidate_fn fn, void *arg)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (subs[i].fn == fn && subs[i].arg == arg) {
+            subs[i] = subs[--*n];
+            break;
+        }
+    }
+}
+
 int dp_hook_subscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg)
 {
     pthread_mutex_lock(&hook->sub_lock);
-    subscriber *ns = realloc(hook->subs, (hook->nsubs + 1) * sizeof *ns);
-    if (ns == NULL) {
-        pthread_mutex_unlock(&hook->sub_lock);
-        return -ENOMEM;
-    }
-    hook->subs = ns;
-    hook->subs[hook->nsubs++] = (subscriber){fn, arg};
+    int rc = subs_add(&hook->subs, &hook->nsubs, fn, arg);
     pthread_mutex_unlock(&hook->sub_lock);
-    return 0;
+    return rc;
 }
 
 void dp_hook_unsubscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg)
 {
     pthread_mutex_lock(&hook->sub_lock);
-    for (size_t i = 0; i < hook->nsubs; i++) {
-        if (hook->subs[i].fn == fn && hook->subs[i].arg == arg) {
-            hook->subs[i] = hook->subs[--hook->nsubs];
-            break;
-        }
-    }
+    subs_remove(hook->subs, &hook->nsubs, fn, arg);
+    pthread_mutex_unlock(&hook->sub_lock);
+}
+
+/* dp_hook_kick_fn and dp_hook_invalidate_fn have the same type, so one list type serves both. */
+int dp_hook_subscribe_kick(dp_hook *hook, dp_hook_kick_fn fn, void *arg)
+{
+    pthread_mutex_lock(&hook->sub_lock);
+    int rc = subs_add(&hook->kick_subs, &hook->nkick_subs, fn, arg);
+    pthread_mutex_unlock(&hook->sub_lock);
+    return rc;
+}
+
+void dp_hook_unsubscribe_kick(dp_hook *hook, dp_hook_kick_fn fn, void *arg)
+{
+    pthread_mutex_lock(&hook->sub_lock);
+    subs_remove(hook->kick_subs, &hook->nkick_subs, fn, arg);
     pthread_mutex_unlock(&hook->sub_lock);
 }
 
@@ -188,6 +230,7 @@ int dp_hook_load(dp_hook **out, const char *path, const dph_param *params, char 
         .log = host_log,
         .invalidate = host_invalidate,
         .invalidate_all = host_invalidate_all,
+        .kick = host_kick,
     };
     dph_error herr = {0};
     rc = ops->init(&hook->state, &hook->host, params != NULL ? params : no_params, &herr);
@@ -210,6 +253,7 @@ void dp_hook_free(dp_hook *hook)
         return;
     hook->ops->fini(hook->state);
     free(hook->subs);
+    free(hook->kick_subs);
     free_partial(hook);
 }
 

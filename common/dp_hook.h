@@ -20,6 +20,11 @@ typedef struct dp_hook dp_hook;
  * Called from any thread; must not block. */
 typedef void (*dp_hook_invalidate_fn)(void *arg, const char *user);
 
+/* Receives the hook's requests to end every session of `user` (host->kick, ABI 1.1; the pgsql
+ * hook sends one for a `!kick USER` NOTIFY). Called from any thread (the hook's); must not
+ * block: hand the work to the loops. */
+typedef void (*dp_hook_kick_fn)(void *arg, const char *user);
+
 /*
  * Load the hook at `path` (absolute, or relative to the hook directory DP_HOOKDIR when it has
  * no '/'), check its ABI and call its init with `params` (NULL-key terminated; may be NULL).
@@ -45,6 +50,15 @@ void *dp_hook_state(const dp_hook *hook);
  * Unsubscribe before the subscriber goes away. */
 int dp_hook_subscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg);
 void dp_hook_unsubscribe(dp_hook *hook, dp_hook_invalidate_fn fn, void *arg);
+
+/* Subscribe to the hook's kick requests (the daemon does, to end the user's sessions on every
+ * worker). Several subscribers may be registered; each gets every request. Returns 0 or
+ * -ENOMEM. Unsubscribe before the subscriber goes away. */
+int dp_hook_subscribe_kick(dp_hook *hook, dp_hook_kick_fn fn, void *arg);
+void dp_hook_unsubscribe_kick(dp_hook *hook, dp_hook_kick_fn fn, void *arg);
+
+/* Forward a kick request to every kick subscriber, as the hook's host->kick does. */
+void dp_hook_kick(dp_hook *hook, const char *user);
 
 /* Ask the hook to re-read its sources (its optional reload op). Main thread. Returns 0,
  * -ENOTSUP when the hook has no reload op, or the hook's error. */

@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 #define DPH_ABI_MAJOR 1u
-#define DPH_ABI_MINOR 0u
+#define DPH_ABI_MINOR 1u /* 1.1: dph_host.kick */
 #define DPH_ABI_VERSION ((DPH_ABI_MAJOR << 16) | DPH_ABI_MINOR)
 #define DPH_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
 
@@ -144,7 +144,17 @@ typedef struct dph_host {
     void (*invalidate)(void *ctx, const char *user);
     /* Drop every cached route (e.g. after missing notifications). */
     void (*invalidate_all)(void *ctx);
+    /* ABI 1.1: end every session of `user` (e.g. after the account moved). Thread-safe, never
+     * blocks (the daemon ends the sessions later, on its own loops). Check DPH_HOST_HAS first:
+     * a 1.0 host has no such field. Does not drop the cached route: call invalidate too. */
+    void (*kick)(void *ctx, const char *user);
 } dph_host;
+
+/* True when `host` (a const dph_host *) is new enough to have `field` and sets it: the way to
+ * test for a function added after ABI 1.0, e.g. DPH_HOST_HAS(host, kick). */
+#define DPH_HOST_HAS(host, field)                                                                  \
+    ((host)->struct_size >= offsetof(dph_host, field) + sizeof((host)->field) &&                   \
+     (host)->field != NULL)
 
 /* Called once per authorized key of a user; `key` is one authorized_keys line
  * ("ssh-ed25519 AAAA... comment"). Return 0 to continue, non-zero to stop. */

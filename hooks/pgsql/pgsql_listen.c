@@ -4,7 +4,9 @@
  *
  * One dedicated connection and thread: LISTEN <channel>, then poll(2) on PQsocket and an
  * eventfd (fini wakes the thread through it, so it stops at once rather than at the next 1 s
- * tick). Payload = a user name -> host->invalidate(user); '*' or empty -> invalidate_all.
+ * tick). Payload = a user name -> host->invalidate(user); '*' or empty -> invalidate_all;
+ * "!kick USER" (dynproxy.move_user(..., true)) -> host->invalidate(USER), then host->kick(USER)
+ * on a host that has it (ABI 1.1), which ends USER's sessions.
  *
  * A notification sent while we are not listening is lost for good (PostgreSQL queues them only
  * for sessions that are listening), so every (re)connect is followed by invalidate_all. The
@@ -63,12 +65,38 @@ static int listen_connect(pgh *h, PGconn **out, char *err, size_t errlen)
     return 0;
 }
 
+#define KICK_PREFIX "!kick "
+
+/* "!kick USER": drop the route (move_user's own invalidation normally came first, but a
+ * hand-sent kick must not let the session reconnect to the old backend from the cache), then
+ * end the sessions where the host can. */
+static void dispatch_kick(pgh *h, const char *chan, const char *user)
+{
+    const dph_host *host = h->host;
+    if (user[0] == '\0') {
+        pgh_warn(h, "NOTIFY %s: \"" KICK_PREFIX "\" without a user name ignored", chan);
+        return;
+    }
+    host->invalidate(host->ctx, user);
+    if (DPH_HOST_HAS(host, kick)) {
+        pgh_info(h, "NOTIFY %s: kick user=%s", chan, user);
+        host->kick(host->ctx, user);
+    } else {
+        pgh_info(h,
+                 "NOTIFY %s: kick user=%s: this host cannot end sessions (hook ABI %u.%u); "
+                 "route dropped only",
+                 chan, user, DPH_ABI_MAJOR_OF(host->abi_version), host->abi_version & 0xffffu);
+    }
+}
+
 static void dispatch(pgh *h, PGconn *pg)
 {
     PGnotify *n;
     while ((n = PQnotifies(pg)) != NULL) {
         const char *user = n->extra != NULL ? n->extra : "";
-        if (user[0] == '\0' || strcmp(user, "*") == 0) {
+        if (strncmp(user, KICK_PREFIX, sizeof KICK_PREFIX - 1) == 0) {
+            dispatch_kick(h, n->relname, user + sizeof KICK_PREFIX - 1);
+        } else if (user[0] == '\0' || strcmp(user, "*") == 0) {
             pgh_debug(h, "NOTIFY %s: every route", n->relname);
             h->host->invalidate_all(h->host->ctx);
         } else {
