@@ -89,8 +89,13 @@ AS $$
 $$;
 
 -- Move a user to another backend; raises an exception naming the problem for an unknown user
--- or backend. The users trigger sends the NOTIFY.
-CREATE OR REPLACE FUNCTION dynproxy.move_user(p_user text, p_backend text)
+-- or backend. The users trigger sends the NOTIFY (the user's name: every proxy drops the cached
+-- route). With p_kick it also sends '!kick <user>': every proxy ends that user's open sessions,
+-- so nobody keeps working on the old backend (proxyctl move --kick). The kick is sent after the
+-- UPDATE, and PostgreSQL delivers a transaction's notifications at COMMIT in the order they were
+-- sent, so a proxy has dropped the old route before it ends the sessions: a client that
+-- reconnects at once lands on the new backend.
+CREATE OR REPLACE FUNCTION dynproxy.move_user(p_user text, p_backend text, p_kick boolean)
     RETURNS void
     LANGUAGE plpgsql
 AS $$
@@ -104,10 +109,24 @@ BEGIN
         RAISE EXCEPTION 'dynproxy.move_user: unknown user "%"', p_user
             USING ERRCODE = 'no_data_found';
     END IF;
+    IF p_kick THEN
+        PERFORM pg_notify('dynproxy_route', '!kick ' || p_user);
+    END IF;
 END
 $$;
 
+-- The original two-argument form: a move without kicking anyone.
+CREATE OR REPLACE FUNCTION dynproxy.move_user(p_user text, p_backend text)
+    RETURNS void
+    LANGUAGE sql
+AS $$
+    SELECT dynproxy.move_user(p_user, p_backend, false)
+$$;
+
 -- ---- NOTIFY dynproxy_route: payload = a user name, or '*' for "every route" ----
+-- One more payload, sent only by move_user(..., true) (or by hand): '!kick <user>' = drop the
+-- user's cached route and end every open session of that user (hooks/pgsql, hook ABI 1.1).
+-- A user name therefore must not start with "!kick ".
 -- Notifications are delivered at COMMIT, and identical ones within a transaction are folded
 -- into one, so a bulk UPDATE sends each name once.
 
