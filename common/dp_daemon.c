@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include "dp_log.h"
+#include "dp_metrics.h"
+#include "dp_sdnotify.h"
 #include "dp_util.h"
 
 #define ERRLEN 4096
@@ -52,6 +54,18 @@ static int check_cidrs(const void *value, char *err, size_t errlen)
     return 0;
 }
 
+/* metrics.listen: empty (off) or one address. */
+static int check_metrics_listen(const void *value, char *err, size_t errlen)
+{
+    const char *const *s = value;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (*s == NULL || (*s)[0] == '\0' || dp_parse_hostport(*s, &ss, &len) == 0)
+        return 0;
+    snprintf(err, errlen, "\"%s\" is not ip:port, [ipv6]:port or *:port", *s);
+    return -1;
+}
+
 #define OFF(field) offsetof(dp_daemon_conf, field)
 #define R DP_CONF_RELOADABLE
 static const dp_conf_entry common_entries[] = {
@@ -90,6 +104,8 @@ static const dp_conf_entry common_entries[] = {
      NULL, "route cache size per worker"},
     {"hook.config", DP_CONF_PARAMS, OFF(hook_params), NULL, 0, 0, R, NULL, NULL,
      "the hook's own settings (see the hook's documentation)"},
+    {"metrics.listen", DP_CONF_STRING, OFF(metrics_listen), "", 0, 64, 0, NULL,
+     check_metrics_listen, "Prometheus endpoint /metrics: \"ip:port\"; empty = off"},
 };
 #undef R
 #undef OFF
@@ -438,9 +454,11 @@ static void reload(dp_daemon *d)
 {
     char err[ERRLEN];
     generation *g;
+    dp_sdnotify_reloading();
     int rc = gen_load(d, d->config_path, d->gen, &g, err, sizeof err);
     if (rc != 0) {
         dp_log_error("reload refused, keeping the running configuration: %s", err);
+        dp_sdnotify_ready(NULL);
         return;
     }
     const char *changed = dp_conf_nonreloadable_change(d->tables, d->gen->conf, g->conf);
@@ -454,6 +472,7 @@ static void reload(dp_daemon *d)
         dp_log_error("reload: could not reach every worker");
     gen_release(d, old); /* the main thread's own reference */
     dp_log_info("reloaded %s (hook %s)", d->config_path, dp_hook_name(g->hook->hook));
+    dp_sdnotify_ready(NULL);
 }
 
 static void stop(dp_daemon *d)
@@ -462,6 +481,7 @@ static void stop(dp_daemon *d)
         return;
     d->stopping = true;
     dp_log_info("stopping");
+    dp_sdnotify_stopping("stopping");
     dp_workers_stop(d->workers);
     uv_signal_stop(&d->sig_hup);
     /* The main loop keeps running (retire handles) until the workers are joined. */
@@ -478,6 +498,20 @@ static void on_signal(uv_signal_t *h, int signum)
         dp_log_info("%s received", signum == SIGTERM ? "SIGTERM" : "SIGINT");
         stop(d);
     }
+}
+
+/* ---- metrics endpoint ---- */
+
+/* metrics.listen, bound like the listeners before privileges are dropped. 0 or -errno. */
+static int metrics_start(const dp_daemon_conf *c, char *err, size_t errlen)
+{
+    if (c->metrics_listen == NULL || c->metrics_listen[0] == '\0')
+        return 0;
+    char why[512];
+    int rc = dp_metrics_http_start(c->metrics_listen, why, sizeof why);
+    if (rc != 0)
+        snprintf(err, errlen, "metrics.listen: %s", why);
+    return rc;
 }
 
 /* ---- main ---- */
@@ -554,6 +588,7 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         return 0;
     }
     dp_log_set_level((dp_log_level)c->log_level);
+    dp_metrics_init(def->name);
 
     /* libuv sizes its threadpool once, from the environment, at first use. */
     char threads[16];
@@ -602,6 +637,11 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
             atomic_fetch_sub(&d.gen->refs, nworkers - (int)dp_workers_count(d.workers));
             dp_workers_stop(d.workers);
         }
+    } else if ((rc = metrics_start(c, err, sizeof err)) != 0) {
+        fprintf(stderr, "%s: cannot start: %s\n", def->name, err);
+        dp_log_error("cannot start: %s", err);
+        status = 3;
+        dp_workers_stop(d.workers);
     } else {
         char addrs[512] = "";
         for (size_t i = 0, pos = 0; i < c->listen.n && pos < sizeof addrs; i++)
@@ -609,6 +649,8 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
                                     c->listen.v[i]);
         dp_log_event(DP_LOG_INFO, NULL, "start", "version=%s workers=%d listen=%s hook=%s",
                      DP_VERSION, nworkers, addrs, dp_hook_name(d.gen->hook->hook));
+        dp_sdnotify_ready("accepting");
+        dp_sdnotify_status_timer_start(d.loop, 5000);
         uv_run(d.loop, UV_RUN_DEFAULT); /* until stop() */
     }
     if (d.workers != NULL) {
@@ -619,6 +661,8 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         }
         dp_workers_free(d.workers);
     }
+    dp_metrics_http_stop();
+    dp_sdnotify_status_timer_stop();
     gen_release(&d, d.gen); /* the main thread's reference */
     /* Free what the workers released, then wait for the hooks' calls to drain. */
     uv_close((uv_handle_t *)&d.sig_term, close_cb);

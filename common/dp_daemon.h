@@ -40,6 +40,7 @@ typedef struct dp_daemon_conf {
     int cache_stale_ms;
     int cache_max_entries;
     dp_conf_params hook_params;
+    char *metrics_listen; /* metrics.listen: "ip:port" of /metrics; empty = off */
 } dp_daemon_conf;
 
 extern const dp_conf_table dp_daemon_conf_table;
