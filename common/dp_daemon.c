@@ -10,8 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dp_daemon_int.h"
 #include "dp_log.h"
 #include "dp_metrics.h"
+#include "dp_privs.h"
 #include "dp_sdnotify.h"
 #include "dp_util.h"
 
@@ -106,6 +108,21 @@ static const dp_conf_entry common_entries[] = {
      "the hook's own settings (see the hook's documentation)"},
     {"metrics.listen", DP_CONF_STRING, OFF(metrics_listen), "", 0, 64, 0, NULL,
      check_metrics_listen, "Prometheus endpoint /metrics: \"ip:port\"; empty = off"},
+    {"control.socket", DP_CONF_STRING, OFF(ctl_socket), "", 0, 107, 0, NULL, NULL,
+     "Unix socket for proxyctl (mode 0600); empty = none"},
+    {"control.max_clients", DP_CONF_INT, OFF(ctl_max_clients), "16", 1, 1024, 0, NULL, NULL,
+     "control connections open at once"},
+    {"control.timeout_ms", DP_CONF_INT, OFF(ctl_timeout_ms), "30000", 100, 3600000, 0, NULL, NULL,
+     "a control connection idle this long is closed"},
+    {"control.drain_timeout_s", DP_CONF_INT, OFF(drain_timeout_s), "300", 0, 86400, R, NULL, NULL,
+     "drain (SIGTERM, proxyctl drain): sessions left at this deadline are kicked"},
+    {"control.drain_message", DP_CONF_STRING, OFF(drain_message),
+     "the service is restarting for maintenance; please reconnect", 1, 200, R, NULL, NULL,
+     "what kicked sessions are told at the drain deadline"},
+    {"user", DP_CONF_STRING, OFF(run_user), "", 0, 64, 0, NULL, NULL,
+     "after binding, run as this user (root only; empty = stay)"},
+    {"group", DP_CONF_STRING, OFF(run_group), "", 0, 64, 0, NULL, NULL,
+     "with user: run with this group (empty = the user's primary group)"},
 };
 #undef R
 #undef OFF
@@ -114,50 +131,6 @@ const dp_conf_table dp_daemon_conf_table = {common_entries,
                                             sizeof common_entries / sizeof common_entries[0]};
 
 /* ---- generations: one loaded config + its hook, shared by workers via refcounts ---- */
-
-typedef struct hook_ref {
-    dp_hook *hook;
-    _Atomic int refs;
-} hook_ref;
-
-typedef struct generation {
-    _Atomic int refs;
-    void *conf; /* the daemon's struct; starts with dp_daemon_conf */
-    dp_conf_src *src;
-    hook_ref *hook;
-    dp_cidr *trusted;
-    size_t ntrusted;
-    struct generation *next_retired;
-} generation;
-
-struct dp_daemon {
-    const dp_daemon_def *def;
-    const dp_conf_table *tables[3];
-    const char *config_path;
-    generation *gen; /* current; main thread only */
-    dp_workers *workers;
-    uv_loop_t *loop;
-    uv_signal_t sig_term, sig_int, sig_hup;
-    uv_async_t retire_async;
-    uv_timer_t retire_timer;
-    pthread_mutex_t retire_lock;
-    generation *retired;   /* released by workers, to free on the main thread */
-    hook_ref **dead_hooks; /* hooks waiting for their calls to drain */
-    size_t ndead_hooks;
-    bool stopping;
-};
-
-typedef struct wstate {
-    dp_daemon *d;
-    generation *gen;
-    dp_route_cache *cache;
-    void *daemon_data;
-} wstate;
-
-static dp_daemon_conf *gconf(const generation *g)
-{
-    return g->conf;
-}
 
 static void cache_opts(const dp_daemon_conf *c, dp_route_cache_opts *o)
 {
@@ -276,7 +249,7 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
     int rc = dp_conf_load(path, d->tables, g->conf, &g->src, err, errlen);
     if (rc == 0 && def->check != NULL && def->check(g->conf, g->src, err, errlen) != 0)
         rc = -EINVAL;
-    dp_daemon_conf *c = gconf(g);
+    dp_daemon_conf *c = dp_daemon_gconf(g);
     if (rc == 0 && c->proxy_trusted.n > 0) {
         g->trusted = calloc(c->proxy_trusted.n, sizeof *g->trusted);
         if (g->trusted == NULL)
@@ -291,8 +264,8 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
         rc = -EINVAL;
     }
     if (rc == 0 && reuse != NULL && reuse->hook != NULL &&
-        strcmp(gconf(reuse)->hook_path, c->hook_path) == 0 &&
-        dp_conf_params_equal(&gconf(reuse)->hook_params, &c->hook_params)) {
+        strcmp(dp_daemon_gconf(reuse)->hook_path, c->hook_path) == 0 &&
+        dp_conf_params_equal(&dp_daemon_gconf(reuse)->hook_params, &c->hook_params)) {
         g->hook = reuse->hook;
         atomic_fetch_add(&g->hook->refs, 1);
         /* Same hook, same settings: let it re-read its own sources (a routes file). */
@@ -317,6 +290,7 @@ static int gen_load(dp_daemon *d, const char *path, generation *reuse, generatio
                 atomic_init(&g->hook->refs, 1);
                 if (def->on_invalidate != NULL)
                     dp_hook_subscribe(g->hook->hook, forward_invalidate, (void *)def);
+                dp_daemon_subscribe_kicks(d, g->hook->hook);
             }
         }
     }
@@ -351,7 +325,7 @@ static int w_start(dp_worker *w)
     ws->gen = d->gen;
     dp_worker_set_data(w, ws);
     dp_route_cache_opts o;
-    cache_opts(gconf(ws->gen), &o);
+    cache_opts(dp_daemon_gconf(ws->gen), &o);
     int rc = dp_route_cache_new(&ws->cache, dp_worker_loop(w), ws->gen->hook->hook, &o);
     if (rc != 0)
         return rc;
@@ -362,7 +336,7 @@ static void w_accept(dp_worker *w, const dp_conn_info *ci)
 {
     dp_daemon *d = dp_worker_arg(w);
     wstate *ws = dp_worker_data(w);
-    dp_sock_tune(ci->fd, gconf(ws->gen)->tcp_keepalive_s);
+    dp_sock_tune(ci->fd, dp_daemon_gconf(ws->gen)->tcp_keepalive_s);
     d->def->ops->accept(w, ci);
 }
 
@@ -403,7 +377,7 @@ static void w_swap_gen(dp_worker *w, void *arg)
     generation *old = ws->gen;
     ws->gen = g;
     dp_route_cache_opts o;
-    cache_opts(gconf(g), &o);
+    cache_opts(dp_daemon_gconf(g), &o);
     dp_route_cache_set_hook(ws->cache, g->hook->hook, &o);
     gen_release(d, old);
 }
@@ -450,32 +424,37 @@ void *dp_daemon_worker_data(const dp_worker *w)
 
 /* ---- signals and reload ---- */
 
-static void reload(dp_daemon *d)
+int dp_daemon_reload(dp_daemon *d, char *err, size_t errlen)
 {
-    char err[ERRLEN];
     generation *g;
     dp_sdnotify_reloading();
-    int rc = gen_load(d, d->config_path, d->gen, &g, err, sizeof err);
+    int rc = gen_load(d, d->config_path, d->gen, &g, err, errlen);
     if (rc != 0) {
         dp_log_error("reload refused, keeping the running configuration: %s", err);
         dp_sdnotify_ready(NULL);
-        return;
+        return -1;
     }
     const char *changed = dp_conf_nonreloadable_change(d->tables, d->gen->conf, g->conf);
     if (changed != NULL)
         dp_log_warn("reload: %s changed; it takes effect after a restart", changed);
-    dp_log_set_level((dp_log_level)gconf(g)->log_level);
+    dp_log_set_level((dp_log_level)dp_daemon_gconf(g)->log_level);
     generation *old = d->gen;
     d->gen = g;
-    atomic_fetch_add(&g->refs, (int)dp_workers_count(d->workers)); /* one per worker */
-    if (dp_workers_each(d->workers, w_swap_gen, g) != 0)
-        dp_log_error("reload: could not reach every worker");
+    int n = (int)dp_workers_count(d->workers);
+    atomic_fetch_add(&g->refs, n); /* one per worker */
+    int queued = dp_workers_each(d->workers, w_swap_gen, g);
+    if (queued < n) {
+        dp_log_error("reload: %d of %d workers could not be reached", n - queued, n);
+        for (int i = queued; i < n; i++)
+            gen_release(d, g);
+    }
     gen_release(d, old); /* the main thread's own reference */
     dp_log_info("reloaded %s (hook %s)", d->config_path, dp_hook_name(g->hook->hook));
     dp_sdnotify_ready(NULL);
+    return 0;
 }
 
-static void stop(dp_daemon *d)
+void dp_daemon_stop(dp_daemon *d)
 {
     if (d->stopping)
         return;
@@ -492,11 +471,16 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     dp_daemon *d = h->data;
     if (signum == SIGHUP) {
+        char err[ERRLEN];
         dp_log_info("SIGHUP: reloading");
-        reload(d);
+        dp_daemon_reload(d, err, sizeof err);
+    } else if (signum == SIGTERM) {
+        dp_log_info("SIGTERM received: draining");
+        if (dp_daemon_drain(d, -1, NULL, NULL) != 0)
+            dp_log_info("already draining");
     } else {
-        dp_log_info("%s received", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-        stop(d);
+        dp_log_info("SIGINT received");
+        dp_daemon_stop(d);
     }
 }
 
@@ -569,6 +553,7 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&d.retire_lock, NULL);
+    pthread_mutex_init(&d.ctl_lock, NULL); /* a hook may ask for kicks as soon as it loads */
 
     char err[ERRLEN];
     int rc = gen_load(&d, d.config_path, NULL, &d.gen, err, sizeof err);
@@ -576,7 +561,7 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         fprintf(stderr, "%s: configuration refused:\n%s\n", def->name, err);
         return 1;
     }
-    dp_daemon_conf *c = gconf(d.gen);
+    dp_daemon_conf *c = dp_daemon_gconf(d.gen);
     if (test_only) {
         if (dump)
             dp_conf_dump(d.tables, d.gen->conf, 1);
@@ -608,6 +593,16 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
     uv_signal_start(&d.sig_int, on_signal, SIGINT);
     uv_signal_start(&d.sig_hup, on_signal, SIGHUP);
 
+    /* The user to run as is looked up before anything is bound: a typo fails at once. */
+    rc = dp_privs_resolve(&d.privs, c->run_user, c->run_group, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "%s: cannot start: %s\n", def->name, err);
+        dp_log_error("cannot start: %s", err);
+        gen_release(&d, d.gen);
+        reap(&d);
+        return 1;
+    }
+
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int nworkers = c->workers > 0 ? c->workers : (ncpu > 0 ? (int)ncpu : 1);
     atomic_fetch_add(&d.gen->refs, nworkers); /* one per worker, released in w_fini */
@@ -637,7 +632,12 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
             atomic_fetch_sub(&d.gen->refs, nworkers - (int)dp_workers_count(d.workers));
             dp_workers_stop(d.workers);
         }
-    } else if ((rc = metrics_start(c, err, sizeof err)) != 0) {
+    } else if ((rc = dp_workers_wait_started(d.workers, 30000)) != 0 ||
+               (rc = dp_daemon_ctl_init(&d, err, sizeof err)) != 0 ||
+               (rc = metrics_start(c, err, sizeof err)) != 0 ||
+               (rc = dp_privs_drop(&d.privs, err, sizeof err)) != 0) {
+        if (rc == -ETIMEDOUT)
+            snprintf(err, sizeof err, "workers did not start within 30 s");
         fprintf(stderr, "%s: cannot start: %s\n", def->name, err);
         dp_log_error("cannot start: %s", err);
         status = 3;
@@ -647,20 +647,22 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         for (size_t i = 0, pos = 0; i < c->listen.n && pos < sizeof addrs; i++)
             pos += (size_t)snprintf(addrs + pos, sizeof addrs - pos, "%s%s", i ? "," : "",
                                     c->listen.v[i]);
-        dp_log_event(DP_LOG_INFO, NULL, "start", "version=%s workers=%d listen=%s hook=%s",
-                     DP_VERSION, nworkers, addrs, dp_hook_name(d.gen->hook->hook));
+        dp_log_event(DP_LOG_INFO, NULL, "start", "version=%s workers=%d listen=%s hook=%s user=%s",
+                     DP_VERSION, nworkers, addrs, dp_hook_name(d.gen->hook->hook),
+                     d.privs.change ? d.privs.user : "-");
         dp_sdnotify_ready("accepting");
         dp_sdnotify_status_timer_start(d.loop, 5000);
         uv_run(d.loop, UV_RUN_DEFAULT); /* until stop() */
     }
     if (d.workers != NULL) {
-        int deadline = gconf(d.gen)->shutdown_timeout_ms;
+        int deadline = dp_daemon_gconf(d.gen)->shutdown_timeout_ms;
         if (dp_workers_join(d.workers, deadline) != 0) {
             dp_log_error("sessions still open after %d ms; exiting anyway", deadline);
             _exit(3);
         }
         dp_workers_free(d.workers);
     }
+    dp_daemon_ctl_fini(&d);
     dp_metrics_http_stop();
     dp_sdnotify_status_timer_stop();
     gen_release(&d, d.gen); /* the main thread's reference */

@@ -11,6 +11,7 @@
 #define DP_DAEMON_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "dp_cidr.h"
 #include "dp_config.h"
@@ -41,11 +42,47 @@ typedef struct dp_daemon_conf {
     int cache_max_entries;
     dp_conf_params hook_params;
     char *metrics_listen; /* metrics.listen: "ip:port" of /metrics; empty = off */
+    /* control.* (docs/operations.md) */
+    char *ctl_socket;
+    int ctl_max_clients;
+    int ctl_timeout_ms;
+    int drain_timeout_s;
+    char *drain_message;
+    /* privileges */
+    char *run_user;
+    char *run_group;
 } dp_daemon_conf;
 
 extern const dp_conf_table dp_daemon_conf_table;
 
 typedef struct dp_daemon dp_daemon;
+
+/* ---- sessions, as the control socket lists and kicks them ---- */
+
+/* One session, described by its daemon. Strings may be NULL or empty ("-" in tables). */
+typedef struct dp_session_view {
+    const char *id; /* the sid= of the log lines */
+    const char *proto;
+    const char *user;
+    const char *client; /* ip:port */
+    const char *backend;
+    const char *state; /* e.g. "login", "active", "transfer" */
+    int64_t started_unix_ms;
+    uint64_t bytes_in, bytes_out; /* client->backend, backend->client */
+} dp_session_view;
+
+/* What a `sessions` or `kick` request selects; NULL members match anything. */
+typedef struct dp_session_filter {
+    const char *id;
+    const char *user;
+    const char *backend;
+} dp_session_filter;
+
+typedef struct dp_session_list dp_session_list;
+
+bool dp_session_match(const dp_session_filter *f, const dp_session_view *v);
+/* Record one session (copied); thread-safe. */
+void dp_session_list_add(dp_session_list *l, const dp_session_view *v);
 
 typedef struct dp_daemon_def {
     const char *name;           /* "sshproxy" */
@@ -58,7 +95,20 @@ typedef struct dp_daemon_def {
     /* Optional: every invalidation any loaded hook issues (user NULL = all), for state the
      * daemon keeps beside the route caches. Called from any thread; must not block. */
     void (*on_invalidate)(const char *user);
+    /* On each worker's loop: dp_session_list_add every session that dp_session_match()es
+     * `f`; when `kick` is not NULL, also end each of them with that text (SSH: disconnect
+     * message, FTP: 421 reply; in-flight transfers are closed). */
+    void (*sessions)(dp_worker *w, const dp_session_filter *f, const char *kick,
+                     dp_session_list *out);
 } dp_daemon_def;
+
+/* The daemon's live-session count, which drain waits on: call once when a connection is
+ * accepted (before any check that may refuse it) and once when its memory is released.
+ * Any worker thread. */
+void dp_daemon_session_opened(dp_worker *w);
+void dp_daemon_session_closed(dp_worker *w);
+/* Draining: the daemon accepts nothing new and exits when the last session ended. */
+bool dp_daemon_draining(const dp_worker *w);
 
 /* Run the daemon; returns the process exit status (0 ok, 1 config error, 2 usage, 3 runtime). */
 int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv);

@@ -69,6 +69,7 @@ struct dp_workers {
     pthread_mutex_t join_lock;
     pthread_cond_t join_cond;
     size_t running;
+    size_t nstarted; /* workers past their start callback (successful or not) */
 };
 
 int dp_sock_tune(int fd, int keepalive_s)
@@ -372,6 +373,10 @@ static void worker_main(void *arg)
         if (!w->stopping && !w->paused)
             listeners_set(w, true);
     }
+    pthread_mutex_lock(&ws->join_lock);
+    ws->nstarted++;
+    pthread_cond_broadcast(&ws->join_cond);
+    pthread_mutex_unlock(&ws->join_lock);
     run_posts(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 
@@ -515,11 +520,45 @@ void dp_workers_resume(dp_workers *ws)
 
 int dp_workers_each(dp_workers *ws, void (*fn)(dp_worker *w, void *arg), void *arg)
 {
-    int rc = 0;
+    int queued = 0;
     for (size_t i = 0; i < ws->n; i++)
-        if (post(&ws->w[i], fn, arg) == -ENOMEM)
-            rc = -ENOMEM;
-    return rc;
+        if (post(&ws->w[i], fn, arg) == 0)
+            queued++;
+    return queued;
+}
+
+static void do_unlisten(dp_worker *w, void *arg)
+{
+    (void)arg;
+    w->paused = true;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i].poll))
+            uv_close((uv_handle_t *)&w->listeners[i].poll, listener_close_cb);
+}
+
+void dp_workers_unlisten(dp_workers *ws)
+{
+    for (size_t i = 0; i < ws->n; i++)
+        post(&ws->w[i], do_unlisten, NULL);
+}
+
+int dp_workers_wait_started(dp_workers *ws, int timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&ws->join_lock);
+    int rc = 0;
+    while (ws->nstarted < ws->n && rc == 0)
+        rc = pthread_cond_timedwait(&ws->join_cond, &ws->join_lock, &deadline);
+    bool done = ws->nstarted >= ws->n;
+    pthread_mutex_unlock(&ws->join_lock);
+    return done ? 0 : -ETIMEDOUT;
 }
 
 int dp_workers_join(dp_workers *ws, int timeout_ms)

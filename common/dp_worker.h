@@ -75,8 +75,17 @@ void dp_workers_free(dp_workers *ws);
 void dp_workers_pause(dp_workers *ws);
 void dp_workers_resume(dp_workers *ws);
 
-/* Run fn(w, arg) on every worker's loop thread (thread-safe). Returns 0 or -ENOMEM. The
- * function runs later; `arg` must stay valid until every worker has run it. */
+/* Close every listening socket for good (drain: new connections are refused by the kernel,
+ * or go to another instance sharing the port). Thread-safe; pause/resume do nothing after. */
+void dp_workers_unlisten(dp_workers *ws);
+
+/* Wait until every worker has run its start callback (e.g. read its keys), at most
+ * timeout_ms. Returns 0 or -ETIMEDOUT. */
+int dp_workers_wait_started(dp_workers *ws, int timeout_ms);
+
+/* Run fn(w, arg) on every worker's loop thread (thread-safe). Returns how many workers will
+ * run it (fewer than dp_workers_count when some are stopping or memory ran out). The
+ * function runs later; `arg` must stay valid until every one of them has run it. */
 int dp_workers_each(dp_workers *ws, void (*fn)(dp_worker *w, void *arg), void *arg);
 
 size_t dp_workers_count(const dp_workers *ws);
