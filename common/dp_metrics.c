@@ -574,12 +574,13 @@ int dp_metrics_http_start(const char *listen_hostport, char *err, size_t errlen)
         close(fd);
         return -e;
     }
+    /* The logger goes first, or MHD warns that earlier options may log to stderr. */
     httpd = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                             on_request, NULL, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
-                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
-                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
-                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+                             on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
+                             (unsigned)HTTP_CONN_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                             (unsigned)HTTP_PER_IP_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+                             (unsigned)HTTP_TIMEOUT_S, MHD_OPTION_END);
     if (httpd == NULL) {
         /* MHD closes a listen socket it was given when it fails (a second close here could
          * hit a worker's new socket of the same number); the daemon exits anyway. */

@@ -11,6 +11,7 @@
 #include <uthash.h>
 
 #include "dp_log.h"
+#include "dp_metrics.h"
 #include "dp_util.h"
 
 /* Invalidations queued from other threads beyond this collapse into "invalidate all". */
@@ -151,27 +152,40 @@ static void ready_run(dp_route_cache *c)
         uv_unref((uv_handle_t *)&c->async);
 }
 
-static void count(dp_route_cache *c, dp_cache_result how, const dph_route *route)
+/* Count an answer in the cache's stats and the process-wide metrics (result and the time
+ * since the lookup started: a hook call's latency for misses, microseconds for hits). */
+static void count(dp_route_cache *c, const dp_route_lookup *lk, dp_cache_result how,
+                  const dph_route *route)
 {
+    dp_lookup_result r = DP_LOOKUP_ERROR;
     switch (how) {
     case DP_CACHE_HIT:
         c->stats.hits++;
-        if (route->status == DPH_ROUTE_UNKNOWN_USER)
+        r = DP_LOOKUP_HIT;
+        if (route->status == DPH_ROUTE_UNKNOWN_USER) {
             c->stats.negative_hits++;
+            r = DP_LOOKUP_NEGATIVE;
+        }
         break;
     case DP_CACHE_MISS:
         c->stats.misses++;
+        r = DP_LOOKUP_MISS;
         break;
     case DP_CACHE_COALESCED:
         c->stats.coalesced++;
+        r = DP_LOOKUP_MISS; /* it waited for a hook call like a miss */
         break;
     case DP_CACHE_STALE:
         c->stats.stale++;
+        r = DP_LOOKUP_STALE;
         break;
     case DP_CACHE_FAILED:
         c->stats.failed++;
+        r = DP_LOOKUP_ERROR;
         break;
     }
+    uint64_t now = uv_hrtime();
+    dp_metrics_route_lookup(r, now > lk->started_ns ? now - lk->started_ns : 0);
 }
 
 static void deliver_waiters(dp_route_cache *c, dp_cache_entry *e, const dph_route *route,
@@ -182,7 +196,7 @@ static void deliver_waiters(dp_route_cache *c, dp_cache_entry *e, const dph_rout
     while (lk != NULL) {
         dp_route_lookup *next = lk->next;
         dp_cache_result how = failed_or_stale ? override : lk->how;
-        count(c, how, route);
+        count(c, lk, how, route);
         ready_push(c, lk, route, how);
         lk = next;
     }
@@ -439,6 +453,7 @@ int dp_route_cache_lookup(dp_route_cache *c, dp_route_lookup *lk, const char *us
         return -EINVAL;
     apply_invalidations(c);
 
+    lk->started_ns = uv_hrtime();
     lk->cb = cb;
     lk->cache = c;
     lk->next = NULL;
@@ -452,7 +467,7 @@ int dp_route_cache_lookup(dp_route_cache *c, dp_route_lookup *lk, const char *us
     if (e != NULL && e->call == NULL && e->have_route && now < e->expires_ms) {
         lru_unlink(c, e);
         lru_append(c, e);
-        count(c, DP_CACHE_HIT, &e->route);
+        count(c, lk, DP_CACHE_HIT, &e->route);
         ready_push(c, lk, &e->route, DP_CACHE_HIT);
         uv_async_send(&c->async); /* callbacks never run inside the call */
         return 0;

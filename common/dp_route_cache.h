@@ -57,6 +57,7 @@ struct dp_route_lookup {
     dp_route_lookup *next;
     int ready;
     dp_cache_result how;
+    uint64_t started_ns; /* uv_hrtime() at the lookup's start (dynproxy_route_lookup_seconds) */
 };
 
 typedef struct dp_route_cache_stats {
