@@ -263,7 +263,10 @@ void ftpp_sess_resume_client(ftpp_sess *s);
 void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason);
 /* The command in progress is done: parse and run the next one. */
 void ftpp_sess_ready(ftpp_sess *s);
-void ftpp_sess_kick(ftpp_sess *s, const char *message);
+/* 421 `message`, then close; the log says `reason` (NULL: the message). */
+void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason);
+void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
+                    dp_session_list *out);
 void ftpp_sess_op_timer(ftpp_sess *s, uint64_t ms, void (*expired)(ftpp_sess *s));
 void ftpp_sess_op_timer_stop(ftpp_sess *s);
 void ftpp_sess_logged_in(ftpp_sess *s);

@@ -124,7 +124,7 @@ static void ftpp_stop(dp_worker *w)
      * so take `next` first. */
     for (ftpp_sess *s = fw->sessions, *next; s != NULL; s = next) {
         next = s->next;
-        ftpp_sess_kick(s, "Service shutting down.");
+        ftpp_sess_kick(s, "Service shutting down.", NULL);
     }
 }
 
@@ -142,6 +142,7 @@ static const dp_daemon_def ftpp_def = {
     .conf_size = sizeof(ftpp_conf),
     .check = ftpp_check,
     .ops = &ftpp_ops,
+    .sessions = ftpp_sess_list,
 };
 
 int main(int argc, char **argv)

@@ -52,6 +52,7 @@ static void maybe_free(ftpp_sess *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     fw->nsessions--;
+    dp_daemon_session_closed(fw->w);
     free(s->held_line);
     free(s->rtext);
     free(s);
@@ -305,11 +306,57 @@ void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason)
     ftpp_sess_op_timer(s, CLOSE_FLUSH_MS, close_flush_expired);
 }
 
-void ftpp_sess_kick(ftpp_sess *s, const char *message)
+void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason)
 {
     char line[300];
     snprintf(line, sizeof line, "421 %s\r\n", message);
-    ftpp_sess_close(s, line, message);
+    ftpp_sess_close(s, line, reason != NULL ? reason : message);
+}
+
+static const char *const state_names[] = {
+    [ST_PRELOGIN] = "prelogin", [ST_LOOKUP] = "lookup",   [ST_CONNECTING] = "connecting",
+    [ST_GREETING] = "greeting", [ST_USER] = "user",       [ST_NEED_PASS] = "need_pass",
+    [ST_PASS] = "pass",         [ST_LOGGED_IN] = "active", [ST_CLOSING] = "closing",
+};
+
+/* dp_daemon_def.sessions: list (and kick) this worker's sessions. */
+void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
+                    dp_session_list *out)
+{
+    ftpp_worker *fw = ftpp_worker_of(w);
+    for (ftpp_sess *s = fw != NULL ? fw->sessions : NULL, *next; s != NULL; s = next) {
+        next = s->next; /* a kicked session's memory goes later, but do not rely on it */
+        if (s->ended)
+            continue;
+        uint64_t in = s->bytes_in, out_bytes = s->bytes_out;
+        const ftpp_xfer *x = s->xfer;
+        if (x != NULL) {
+            uint64_t moving = x->pump != NULL ? x->pump->bytes : 0;
+            if (x->dir == XD_UP)
+                in += moving;
+            else
+                out_bytes += moving;
+        }
+        dp_session_view v = {
+            .id = s->sid,
+            .proto = "ftp",
+            .user = s->user,
+            .client = s->client_text,
+            .backend = s->route_ok ? s->route.backend : NULL,
+            .state = x != NULL && s->state == ST_LOGGED_IN ? "transfer" : state_names[s->state],
+            .started_unix_ms = s->started_unix_ms,
+            .bytes_in = in,
+            .bytes_out = out_bytes,
+        };
+        if (!dp_session_match(f, &v))
+            continue;
+        dp_session_list_add(out, &v);
+        if (kick != NULL && s->state != ST_CLOSING) {
+            char reason[sizeof s->reason];
+            snprintf(reason, sizeof reason, "kicked: %s", kick);
+            ftpp_sess_kick(s, kick, reason);
+        }
+    }
 }
 
 /* ---- commands before login ---- */
@@ -662,6 +709,7 @@ void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
         fw->sessions->prev = s;
     fw->sessions = s;
     fw->nsessions++;
+    dp_daemon_session_opened(fw->w);
 
     uv_loop_t *loop = dp_worker_loop(fw->w);
     uv_timer_init(loop, &s->timer);

@@ -257,6 +257,8 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci);
 void sshp_conn_pump(sshp_conn *c);
 void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg);
 void sshp_conn_kick(sshp_conn *c, const char *reason);
+void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *kick,
+                        dp_session_list *out);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
 void sshp_conn_maybe_free(sshp_conn *c);
 void sshp_conn_notify_hook(sshp_conn *c, bool end);

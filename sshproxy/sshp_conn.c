@@ -59,6 +59,7 @@ static void conn_free(sshp_conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     sw->nconns--;
+    dp_daemon_session_closed(sw->w);
     free(c);
 }
 
@@ -346,6 +347,41 @@ void sshp_conn_kick(sshp_conn *c, const char *reason)
     sshp_conn_fail(c, reason, reason);
 }
 
+static const char *const state_names[] = {
+    [CONN_KEX] = "kex", [CONN_AUTH] = "auth", [CONN_OPEN] = "open",
+    [CONN_CLOSING] = "closing", [CONN_DEAD] = "closed",
+};
+
+/* dp_daemon_def.sessions: list (and kick) this worker's connections. */
+void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *kick,
+                        dp_session_list *out)
+{
+    sshp_worker *sw = sshp_worker_of(w);
+    for (sshp_conn *c = sw != NULL ? sw->conns : NULL, *next; c != NULL; c = next) {
+        next = c->next; /* a kick never frees synchronously, but do not rely on it */
+        if (c->state == CONN_DEAD)
+            continue;
+        dp_session_view v = {
+            .id = c->sid,
+            .proto = "ssh",
+            .user = c->user,
+            .client = c->client_text,
+            .backend = c->route_known ? c->route.backend : NULL,
+            .state = state_names[c->state],
+            .started_unix_ms = c->started_unix_ms,
+            .bytes_in = c->bytes_in + sshp_channels_bytes(c, true),
+            .bytes_out = c->bytes_out + sshp_channels_bytes(c, false),
+        };
+        if (!dp_session_match(f, &v))
+            continue;
+        dp_session_list_add(out, &v);
+        if (kick != NULL && c->state != CONN_CLOSING) {
+            snprintf(c->reason, sizeof c->reason, "kicked: %s", kick);
+            sshp_conn_fail(c, c->reason, kick);
+        }
+    }
+}
+
 /* Tell the hook (optional session_start/session_end ops), fire-and-forget on the threadpool. */
 void sshp_conn_notify_hook(sshp_conn *c, bool end)
 {
@@ -451,6 +487,7 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
         sw->conns->prev = c;
     sw->conns = c;
     sw->nconns++;
+    dp_daemon_session_opened(sw->w);
 
     uv_loop_t *loop = dp_worker_loop(sw->w);
     uv_timer_init(loop, &c->timer);

@@ -277,6 +277,7 @@ static const dp_daemon_def sshp_def = {
     .conf_size = sizeof(sshp_conf),
     .ops = &sshp_ops,
     .on_invalidate = sshp_keycache_drop,
+    .sessions = sshp_conn_sessions,
 };
 
 int main(int argc, char **argv)

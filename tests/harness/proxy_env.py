@@ -177,8 +177,10 @@ class ProxyEnv:
         self.restarts = 0
         self.config = None
         self.logfile = None
+        self.ctl_path = None
         self.logfile_tail = ""
         self.cleanup_problems = []
+        self.extra_conf = []     # more top-level config lines (e.g. 'metrics = { ... };')
 
     # ---- the driver around the sections --------------------------------------------------
     @classmethod
@@ -314,6 +316,7 @@ class ProxyEnv:
         self.port = dpenv.free_port()
         self.config = os.path.join(self.tmp, "%s.conf" % self.NAME)
         self.logfile = os.path.join(self.tmp, "%s.log" % self.NAME)
+        self.ctl_path = os.path.join(self.tmp, "%s.sock" % self.NAME)
         self.write_config()
         if self.selftest:
             be = self.backends[self.selftest]
@@ -333,6 +336,8 @@ class ProxyEnv:
                  "workers = %d;" % self.workers,
                  'listen = [ "127.0.0.1:%d" ];' % self.port,
                  "shutdown_timeout_ms = 5000;",
+                 # SIGTERM drains: sessions a test left open are kicked after 5 s, not 300
+                 "control = { socket = %s; drain_timeout_s = 5; };" % conf_value(self.ctl_path),
                  "hook = {",
                  "  path = %s;" % conf_value(PGSQL_HOOK),
                  "  cache_ttl_ms = %d;" % CACHE_TTL_MS,
@@ -343,6 +348,7 @@ class ProxyEnv:
         for k in sorted(section):
             lines.append("  %s = %s;" % (k, conf_value(section[k])))
         lines.append("};")
+        lines.extend(self.extra_conf)
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
 
