@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "dp_daemon.h"
+#include "dp_metrics.h"
 
 /* ---- configuration (sshp_main.c) ---- */
 
@@ -202,6 +203,7 @@ struct sshp_conn {
     uv_timer_t be_timer;    /* backend connect + handshake deadline */
     bool be_timer_open;
     struct sockaddr_storage baddr;
+    uint64_t be_dial_ns; /* uv_hrtime() at the TCP connect (dynproxy_backend_connect_seconds) */
 
     uv_timer_t timer; /* login grace / connect / idle / close deadline */
     bool timer_open;
@@ -242,6 +244,8 @@ struct sshp_conn {
     char reason[160];
     char disconnect_msg[DPH_MESSAGE_MAX + 64];
     bool logged_start;
+    bool end_result_set;          /* a cause of the end decided end_result (sshp_conn_end_as) */
+    dp_sess_result end_result;    /* for dynproxy_sessions_total */
     uint64_t bytes_in, bytes_out; /* of closed pairs */
     bool in_pump, pump_again;
     uint64_t last_activity_ms; /* data through any channel (idle timeout) */
@@ -251,6 +255,26 @@ struct sshp_conn {
     ssh_key route_key;
     sshp_conn *prev, *next;
 };
+
+/* Record why the connection is ending, for dynproxy_sessions_total (the first cause wins). */
+static inline void sshp_conn_end_as(sshp_conn *c, dp_sess_result r)
+{
+    if (!c->end_result_set) {
+        c->end_result = r;
+        c->end_result_set = true;
+    }
+}
+
+/* The result counted at the end: the recorded cause, else logged in = ok, else auth_failed
+ * after a failed attempt, else error (key exchange failed, left before trying). */
+static inline dp_sess_result sshp_conn_result(const sshp_conn *c)
+{
+    if (c->end_result_set)
+        return c->end_result;
+    if (c->logged_start)
+        return DP_SESS_OK;
+    return c->auth_failures > 0 ? DP_SESS_AUTH_FAILED : DP_SESS_ERROR;
+}
 
 /* sshp_conn.c */
 void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci);

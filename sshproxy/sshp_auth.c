@@ -166,9 +166,20 @@ static void on_fail_timer(uv_timer_t *t)
     sshp_conn_pump(c);
 }
 
+/* dynproxy_auth_failures_total{method} of the attempt held now. */
+static void count_auth_failure(const sshp_conn *c, dp_auth_reason r)
+{
+    static const int methods[] = {[AUTH_PASSWORD] = DP_AUTHM_PASSWORD,
+                                  [AUTH_PUBKEY] = DP_AUTHM_PUBLICKEY,
+                                  [AUTH_KBDINT] = DP_AUTHM_KBDINT};
+    if (c->auth_kind != AUTH_NONE_YET)
+        dp_metrics_auth_failure((dp_auth_method)methods[c->auth_kind], r);
+}
+
 /* Refuse the held attempt. `delay` paces refusals the backend did not already pace, so an
- * unknown user takes as long as a wrong password (same answer, same timing class). */
-static void auth_fail(sshp_conn *c, const char *why, bool delay)
+ * unknown user takes as long as a wrong password (same answer, same timing class). `why` is
+ * the log's reason, `r` the metric's. */
+static void auth_fail(sshp_conn *c, const char *why, dp_auth_reason r, bool delay)
 {
     const sshp_conf *cf = sshp_conf_of(c->w);
     c->auth_failures++;
@@ -176,6 +187,7 @@ static void auth_fail(sshp_conn *c, const char *why, bool delay)
     static const char *const kinds[] = {"none", "password", "publickey", "keyboard-interactive"};
     dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "method=%s reason=%s", kinds[c->auth_kind],
                  why);
+    count_auth_failure(c, r);
     if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
         /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */
         uint64_t base = (uint64_t)cf->auth_fail_delay_ms;
@@ -351,8 +363,10 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
 
 /* ---- the held attempt moves on as the route, keys and backend become known ---- */
 
+/* The login cannot go on for the backend's sake (maintenance, lookup or backend failure). */
 static void refuse_session(sshp_conn *c, const char *reason, const char *text)
 {
+    sshp_conn_end_as(c, DP_SESS_UNAVAILABLE);
     wipe_password(c);
     send_banner(c, text);
     reply_failure(c);
@@ -427,7 +441,7 @@ static void backend_auth(sshp_conn *c)
         if (c->auth_kind == AUTH_PASSWORD || c->auth_kind == AUTH_KBDINT) {
             /* The route says the backend takes the proxy's key, but the client proved
              * nothing to us: a password we cannot check must not open a key login. */
-            auth_fail(c, "password_not_accepted_for_key_route", true);
+            auth_fail(c, "password_not_accepted_for_key_route", DP_AUTHR_METHOD_REFUSED, true);
             return;
         }
         ssh_key key = c->sw->proxy_key;
@@ -464,9 +478,11 @@ static void backend_auth(sshp_conn *c)
         if (c->auth_kind == AUTH_PUBKEY) {
             dp_slog_error(c->prefix, "backend %s refused the proxy key for %s", c->route.backend,
                           buser);
+            count_auth_failure(c, DP_AUTHR_BACKEND_REFUSED);
             refuse_session(c, "backend refused the proxy key", UNAVAILABLE_MSG);
         } else {
-            auth_fail(c, "wrong_password", false); /* the backend paced it already */
+            /* the backend paced it already */
+            auth_fail(c, "wrong_password", DP_AUTHR_WRONG_PASSWORD, false);
         }
         return;
     default:
@@ -498,7 +514,7 @@ void sshp_auth_progress(sshp_conn *c)
         }
         /* Paced like what a known user gets for the same method: a wrong password costs
          * PAM's delay on the backend, an unlisted key is refused at once. */
-        auth_fail(c, "unknown_user", c->auth_kind != AUTH_PUBKEY);
+        auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth_kind != AUTH_PUBKEY);
         return;
     case DPH_ROUTE_MAINTENANCE:
         dp_slog_info(c->prefix, "backend %s in maintenance", c->route.backend);
@@ -521,7 +537,7 @@ void sshp_auth_progress(sshp_conn *c)
             return;
         }
         if (!key_listed(c, ssh_message_auth_pubkey(c->held_auth))) {
-            auth_fail(c, "key_not_listed", false);
+            auth_fail(c, "key_not_listed", DP_AUTHR_UNLISTED_KEY, false);
             return;
         }
         if (ssh_message_auth_publickey_state(c->held_auth) == SSH_PUBLICKEY_STATE_NONE) {
@@ -532,7 +548,7 @@ void sshp_auth_progress(sshp_conn *c)
             return;
         }
         if (ssh_message_auth_publickey_state(c->held_auth) != SSH_PUBLICKEY_STATE_VALID) {
-            auth_fail(c, "bad_signature", false);
+            auth_fail(c, "bad_signature", DP_AUTHR_BAD_SIGNATURE, false);
             return;
         }
     }

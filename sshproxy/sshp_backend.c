@@ -188,6 +188,7 @@ void sshp_backend_step(sshp_conn *c)
         return;
     }
     c->be = BE_READY;
+    dp_metrics_backend_connect(uv_hrtime() - c->be_dial_ns);
     dp_slog_debug(c->prefix, "backend %s ready", c->route.backend);
 }
 
@@ -219,6 +220,7 @@ static void on_connect_ready(uv_poll_t *p, int status, int events)
 
 static void dial(sshp_conn *c)
 {
+    c->be_dial_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: from here to BE_READY */
     int fd = socket(c->baddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         be_failed(c, "socket: %s", strerror(errno));

@@ -232,6 +232,7 @@ static void pump_once(sshp_conn *c)
         return;
     if (c->abuse != NULL && c->state != CONN_CLOSING) {
         dp_slog_warn(c->prefix, "ending the connection: %s", c->abuse);
+        sshp_conn_end_as(c, DP_SESS_ERROR);
         sshp_conn_fail(c, c->abuse, "protocol violation");
         return;
     }
@@ -256,6 +257,7 @@ static void pump_once(sshp_conn *c)
         return;
     }
     if (c->state == CONN_OPEN && session_dead(c->bs)) {
+        sshp_conn_end_as(c, DP_SESS_ERROR);
         sshp_conn_fail(c, "backend closed the connection", "backend closed the connection");
         return;
     }
@@ -291,6 +293,7 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case CONN_KEX:
     case CONN_AUTH:
+        sshp_conn_end_as(c, DP_SESS_TIMEOUT);
         sshp_conn_fail(c, "login grace time exceeded", "login grace time exceeded");
         break;
     case CONN_OPEN: {
@@ -300,8 +303,10 @@ static void on_timer(uv_timer_t *t)
         uint64_t since = dp_now_ms() - c->last_activity_ms;
         if (since < idle_ms)
             sshp_conn_arm_timer(c, idle_ms - since);
-        else
+        else {
+            sshp_conn_end_as(c, DP_SESS_TIMEOUT);
             sshp_conn_fail(c, "idle timeout", "idle timeout");
+        }
         break;
     }
     case CONN_CLOSING:
@@ -344,6 +349,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
 
 void sshp_conn_kick(sshp_conn *c, const char *reason)
 {
+    sshp_conn_end_as(c, DP_SESS_KICKED);
     sshp_conn_fail(c, reason, reason);
 }
 
@@ -377,6 +383,7 @@ void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *ki
         dp_session_list_add(out, &v);
         if (kick != NULL && c->state != CONN_CLOSING) {
             snprintf(c->reason, sizeof c->reason, "kicked: %s", kick);
+            sshp_conn_end_as(c, DP_SESS_KICKED);
             sshp_conn_fail(c, c->reason, kick);
         }
     }
@@ -424,6 +431,9 @@ static void conn_end(sshp_conn *c)
         log_end(c);
     if (c->logged_start)
         sshp_conn_notify_hook(c, true);
+    dp_metrics_bytes(c->bytes_in + sshp_channels_bytes(c, true),
+                     c->bytes_out + sshp_channels_bytes(c, false));
+    dp_metrics_session_closed(sshp_conn_result(c));
     c->state = CONN_DEAD;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->client);
@@ -460,6 +470,7 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     if (rc != 0) {
         dp_log_event(DP_LOG_WARN, NULL, "refused", "client=%s reason=%s", addr,
                      rc == -EUSERS ? "max_startups_per_ip" : "max_startups");
+        dp_metrics_session_refused();
         close(ci->fd);
         return;
     }
@@ -472,6 +483,7 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->sw = sw;
     c->w = sw->w;
     c->startup_slot = true;
+    dp_metrics_session_opened();
     c->id = ++sw->next_id;
     snprintf(c->sid, sizeof c->sid, "%02x%06x", dp_worker_index(sw->w) & 0xff, c->id & 0xffffff);
     c->started_ms = dp_now_ms();
