@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "dp_daemon.h"
+#include "dp_metrics.h"
 #include "ftpp_proto.h"
 
 /* ---- configuration (ftpp_main.c) ---- */
@@ -225,11 +226,14 @@ struct ftpp_sess {
     bool backend_no_pass; /* the backend logged in at USER (230): answer PASS with it */
     int login_failures;
     bool logged_start;
+    bool end_result_set;       /* a cause of the end decided end_result (ftpp_sess_end_as) */
+    dp_sess_result end_result; /* for dynproxy_sessions_total */
 
     /* backend control connection */
     uv_tcp_t backend;
     bool backend_open, backend_connected, backend_reading;
     uv_connect_t connect_req;
+    uint64_t connect_ns; /* uv_hrtime() at the connect (dynproxy_backend_connect_seconds) */
     ftpp_gai *gai;
     struct sockaddr_storage backend_addr, backend_local;
     ftpp_reply_reader rr;
@@ -250,6 +254,26 @@ struct ftpp_sess {
 
     uint64_t bytes_in, bytes_out; /* control + data, client->backend / backend->client */
 };
+
+/* Record why the session is ending, for dynproxy_sessions_total (the first cause wins). */
+static inline void ftpp_sess_end_as(ftpp_sess *s, dp_sess_result r)
+{
+    if (!s->end_result_set) {
+        s->end_result = r;
+        s->end_result_set = true;
+    }
+}
+
+/* The result counted at the end: the recorded cause, else logged in = ok, else auth_failed
+ * after a failed login, else error (the client left before trying). */
+static inline dp_sess_result ftpp_sess_result(const ftpp_sess *s)
+{
+    if (s->end_result_set)
+        return s->end_result;
+    if (s->logged_start)
+        return DP_SESS_OK;
+    return s->login_failures > 0 ? DP_SESS_AUTH_FAILED : DP_SESS_ERROR;
+}
 
 /* ftpp_session.c */
 void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci);

@@ -31,6 +31,12 @@ typedef struct breq {
     char data[];
 } breq;
 
+/* The backend connection failed: an error once logged in, the backend's fault before. */
+static void backend_gone(ftpp_sess *s)
+{
+    ftpp_sess_end_as(s, s->state == ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
+}
+
 static void backend_write_done(uv_write_t *req, int status)
 {
     breq *br = (breq *)req;
@@ -40,6 +46,7 @@ static void backend_write_done(uv_write_t *req, int status)
     free(br);
     if (status < 0 && status != UV_ECANCELED && !s->ended && s->state != ST_CLOSING) {
         dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(status));
+        backend_gone(s);
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
     }
 }
@@ -95,6 +102,7 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, const char *line, bool secre
             explicit_bzero(br->data, o);
         free(br);
         dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(rc));
+        backend_gone(s);
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
         return;
     }
@@ -177,6 +185,7 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
      * nothing pending is a backend bug; pass 421 on, log the rest. */
     if (rl->last && rl->code == 421) {
         dp_slog_warn(s->prefix, "backend closing: %s", rl->text);
+        backend_gone(s);
         if (s->state == ST_LOGGED_IN) {
             relay_line(s, rl);
             ftpp_sess_close(s, NULL, "backend sent 421");
@@ -259,6 +268,7 @@ static void backend_lost(ftpp_sess *s, const char *why)
     if (s->ended || s->state == ST_CLOSING)
         return;
     dp_slog_warn(s->prefix, "backend control connection: %s", why);
+    backend_gone(s);
     if (s->state == ST_LOGGED_IN)
         ftpp_sess_close(s, "421 Service not available, remote server closed the connection.\r\n",
                         "backend closed");
@@ -335,6 +345,7 @@ int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr)
     ftpp_reply_init(&s->rr);
     s->npending = 0;
     s->connect_req.data = s;
+    s->connect_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: to the 220 greeting */
     return uv_tcp_connect(&s->connect_req, &s->backend, addr, connected);
 }
 

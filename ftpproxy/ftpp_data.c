@@ -422,6 +422,11 @@ static void xfer_log(ftpp_sess *s, ftpp_xfer *x, int code)
                  code);
 }
 
+static dp_xfer_dir xfer_metric_dir(const ftpp_xfer *x)
+{
+    return x->dir == XD_DOWN ? DP_XFER_DOWNLOAD : x->dir == XD_UP ? DP_XFER_UPLOAD : DP_XFER_LIST;
+}
+
 /* The transfer is over (its reply went out, or is about to). */
 static void xfer_finish(ftpp_sess *s, int code, bool ready)
 {
@@ -439,6 +444,9 @@ static void xfer_finish(ftpp_sess *s, int code, bool ready)
     else
         s->bytes_out += x->bytes;
     xfer_log(s, x, code);
+    dp_metrics_ftp_transfer(xfer_metric_dir(x), x->state == XS_ABORTED ? DP_XFER_ABORTED
+                                                : code / 100 == 2      ? DP_XFER_OK
+                                                                       : DP_XFER_FAILED);
     s->xfer = NULL;
     free(x->held);
     free(x->line);
@@ -870,6 +878,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
         ftpp_backend_orphan(s, EX_PORT);
         ftpp_sess_reply(s, "426 Connection closed; transfer aborted.");
         ftpp_sess_reply(s, "226 ABOR command successful.");
+        x->state = XS_ABORTED; /* counted as aborted */
         xfer_finish(s, 426, true);
         return;
     }
@@ -916,6 +925,9 @@ void ftpp_data_cleanup(ftpp_sess *s)
         ftpp_xfer *x = s->xfer;
         xfer_close_legs(x);
         xfer_log(s, x, 0);
+        /* the session ends under it: aborted, and what it moved counts */
+        dp_metrics_ftp_transfer(xfer_metric_dir(x), DP_XFER_ABORTED);
+        dp_metrics_bytes(x->dir == XD_UP ? x->bytes : 0, x->dir == XD_UP ? 0 : x->bytes);
         s->xfer = NULL;
         free(x->held);
         free(x->line);

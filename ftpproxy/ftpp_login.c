@@ -22,6 +22,7 @@
 
 static void fail_421(ftpp_sess *s, const char *client_text, const char *why)
 {
+    ftpp_sess_end_as(s, DP_SESS_UNAVAILABLE);
     char reason[200];
     /* the prefix names the user and, once routed, the backend */
     dp_log_event(DP_LOG_WARN, s->prefix, "backend_fail", "reason=%s",
@@ -232,6 +233,9 @@ static void login_failed(ftpp_sess *s, const char *why)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     dp_log_event(DP_LOG_INFO, s->prefix, "login_fail", "reason=%s", why);
+    dp_metrics_auth_failure(DP_AUTHM_PASSWORD, strcmp(why, "unknown_user") == 0
+                                                   ? DP_AUTHR_UNKNOWN_USER
+                                                   : DP_AUTHR_WRONG_PASSWORD);
     s->login_failures++;
     reset_attempt(s);
     s->state = ST_PRELOGIN;
@@ -282,6 +286,7 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
     switch (ex) {
     case EX_GREETING:
         if (code == 220) {
+            dp_metrics_backend_connect(uv_hrtime() - s->connect_ns);
             login_next(s);
         } else {
             char why[120];

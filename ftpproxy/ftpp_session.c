@@ -183,6 +183,7 @@ static void main_timer_fired(uv_timer_t *t)
     if (s->state == ST_CLOSING)
         return;
     if (s->state != ST_LOGGED_IN) {
+        ftpp_sess_end_as(s, DP_SESS_TIMEOUT);
         ftpp_sess_close(s, "421 Login timeout.\r\n", "login timeout");
         return;
     }
@@ -191,6 +192,7 @@ static void main_timer_fired(uv_timer_t *t)
         arm_main_timer(s, idle - since);
         return;
     }
+    ftpp_sess_end_as(s, DP_SESS_TIMEOUT);
     ftpp_sess_close(s, "421 Timeout.\r\n", "idle timeout");
 }
 
@@ -261,6 +263,8 @@ static void sess_end(ftpp_sess *s)
                  dp_logq(reason, sizeof reason, s->reason[0] ? s->reason : "closed"));
     if (s->logged_start)
         notify_hook(s, true);
+    dp_metrics_bytes(s->bytes_in, s->bytes_out);
+    dp_metrics_session_closed(ftpp_sess_result(s));
     if (s->slot_held) {
         dp_slots_release(&sessions_slots, (struct sockaddr *)&s->client_addr);
         s->slot_held = false;
@@ -310,6 +314,7 @@ void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason)
 {
     char line[300];
     snprintf(line, sizeof line, "421 %s\r\n", message);
+    ftpp_sess_end_as(s, DP_SESS_KICKED);
     ftpp_sess_close(s, line, reason != NULL ? reason : message);
 }
 
@@ -666,6 +671,7 @@ static void refuse(const dp_conn_info *ci, const char *line, const char *why)
     ssize_t w = send(ci->fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)w;
     close(ci->fd);
+    dp_metrics_session_refused();
 }
 
 void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
@@ -689,6 +695,7 @@ void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
     s->fw = fw;
     s->w = fw->w;
     s->slot_held = true;
+    dp_metrics_session_opened();
     s->pasv_fd = -1;
     snprintf(s->sid, sizeof s->sid, "%02x%06x", dp_worker_index(fw->w) & 0xff,
              ++fw->next_id & 0xffffff);
