@@ -6,7 +6,7 @@
 #include <string.h>
 
 static const ctl_cmd cmds[] = {
-    {"status", "", "version, pid, uptime, workers, state, config, hook, active sessions", NULL, 0},
+    {"status", "", "version, pid, uptime, state, config, hook, sessions", NULL, 0},
     {"sessions", "[id=ID] [user=U] [backend=B]", "list sessions, one row each",
      "Columns: id, proto, user, client, backend, started (RFC 3339 UTC), bytes_in,\n"
      "bytes_out, state. Session ids are the sid= of the log lines.\n",
@@ -15,8 +15,8 @@ static const ctl_cmd cmds[] = {
      "SSH sessions are disconnected with the message, FTP sessions get \"421 TEXT\" and\n"
      "their transfers are closed. Lists what was kicked; exit 4 when nothing matched.\n",
      0},
-    {"pause", "", "stop accepting new connections (running sessions continue)", NULL, 0},
-    {"resume", "", "accept new connections again (refused while draining)", NULL, 0},
+    {"pause", "", "stop accepting connections (sessions continue)", NULL, 0},
+    {"resume", "", "accept connections again (not while draining)", NULL, 0},
     {"drain", "[timeout=SECONDS] [message=TEXT]",
      "stop accepting, wait for every session to end, then exit",
      "At the deadline (default control.drain_timeout_s, 300) the sessions left are kicked\n"
@@ -27,15 +27,14 @@ static const ctl_cmd cmds[] = {
      "On an error the running configuration stays (exit 1 with the reason); sessions are\n"
      "never dropped. Same as SIGHUP.\n",
      0},
-    {"cache flush", "[user=U]", "drop cached routes (of one user, or all) on every worker", NULL,
-     0},
+    {"cache flush", "[user=U]", "drop cached routes (of one user, or all)", NULL, 0},
     {"stats", "", "counters since start (the numbers of /metrics)", NULL, 0},
     {"help", "[COMMAND]", "this list, or one command's usage",
      "Without a socket option this is proxyctl's own help. With --ssh, --ftp or -s the\n"
      "daemon's command list is asked for instead.\n",
      0},
     {"move", "USER BACKEND [--kick] [--db CONNINFO]",
-     "move a user to another backend (in PostgreSQL, not through a daemon)",
+     "move a user to another backend (in PostgreSQL)",
      "Calls dynproxy.move_user(USER, BACKEND, KICK) in the routing database: --db CONNINFO,\n"
      "else $DYNPROXY_DB, else libpq's PG* variables (connect_timeout 5 unless set). Every\n"
      "proxy running the pgsql hook is notified and routes USER's next login to BACKEND.\n"
@@ -90,10 +89,10 @@ void ctl_usage(FILE *f)
         char head[64];
         snprintf(head, sizeof head, "%s%s%s", cmds[i].name, cmds[i].args[0] ? " " : "",
                  cmds[i].args);
-        if (strlen(head) <= 36)
-            fprintf(f, "  %-36s %s\n", head, cmds[i].summary);
+        if (strlen(head) <= 20)
+            fprintf(f, "  %-20s  %s\n", head, cmds[i].summary);
         else
-            fprintf(f, "  %s\n  %-36s %s\n", head, "", cmds[i].summary);
+            fprintf(f, "  %s\n  %-20s  %s\n", head, "", cmds[i].summary);
     }
     fputs("\nexit status: 0 done, 1 refused or failed, 2 usage, 3 daemon or database not\n"
           "reachable, 4 nothing matched, 5 permission denied.\n",
