@@ -249,6 +249,8 @@ static void help_reply(ctl_client *c, const dp_ctl_request *req)
             dp_ctl_buf_puts(&b, "\n");
         }
     }
+    if (o->on_reply != NULL)
+        o->on_reply("help", b.failed ? 500 : 200);
     send_reply(c, b.failed ? 500 : 200, b.failed ? "out of memory" : "commands", b.data,
                b.failed ? 0 : b.len);
     dp_ctl_buf_free(&b);
