@@ -436,8 +436,9 @@ static void on_connection(uv_stream_t *server, int status)
     c->uid = cred.uid;
     c->pid = cred.pid;
     if (cred.uid != 0 && cred.uid != ctl->o.allowed_uid) {
-        dp_log_event(DP_LOG_WARN, NULL, "ctl_refused", "uid=%ld pid=%ld reason=\"not root or uid %ld\"",
-                     (long)cred.uid, (long)cred.pid, (long)ctl->o.allowed_uid);
+        dp_log_event(DP_LOG_WARN, NULL, "ctl_refused",
+                     "uid=%ld pid=%ld reason=\"not root or uid %ld\"", (long)cred.uid,
+                     (long)cred.pid, (long)ctl->o.allowed_uid);
         send_reply(c, 403, "forbidden: only root and the daemon's user may use this socket", NULL,
                    0);
         client_close(c);

@@ -45,8 +45,7 @@ typedef struct dp_ctl_opts {
 /* Create the socket (a stale one left by a dead process is replaced; a live one is an error)
  * and start listening. `opts` is copied; its strings and table must outlive the server.
  * Returns 0 or a negative errno with `err` set. */
-int dp_ctl_start(dp_ctl **out, uv_loop_t *loop, const dp_ctl_opts *opts, char *err,
-                 size_t errlen);
+int dp_ctl_start(dp_ctl **out, uv_loop_t *loop, const dp_ctl_opts *opts, char *err, size_t errlen);
 
 /* Stop listening, remove the socket file, let pending replies be written, then close every
  * connection. Calls still pending are answered with nothing (their client is gone). The

@@ -106,7 +106,8 @@ static void format_rows(dp_ctl_buf *b, const dp_session_list *l, bool json, cons
     if (json) {
         dp_ctl_buf_printf(b, "{\"%s\":[", key);
     } else {
-        dp_ctl_buf_puts(b, "id\tproto\tuser\tclient\tbackend\tstarted\tbytes_in\tbytes_out\tstate\n");
+        dp_ctl_buf_puts(b,
+                        "id\tproto\tuser\tclient\tbackend\tstarted\tbytes_in\tbytes_out\tstate\n");
     }
     for (size_t i = 0; i < l->n; i++) {
         const session_row *r = &l->rows[i];
@@ -337,8 +338,9 @@ static void start_sessions_fanout(dp_daemon *d, dp_ctl_call *call, const dp_ctl_
                                   const char *kick, void (*done)(dp_fanout *))
 {
     dp_fanout *fo = fanout_new(d, call);
-    if (fo == NULL || set_filter(fo, dp_ctl_arg_get(req, "id"), dp_ctl_arg_get(req, "user"),
-                                 dp_ctl_arg_get(req, "backend")) != 0 ||
+    if (fo == NULL ||
+        set_filter(fo, dp_ctl_arg_get(req, "id"), dp_ctl_arg_get(req, "user"),
+                   dp_ctl_arg_get(req, "backend")) != 0 ||
         (kick != NULL && (fo->kick = strdup(kick)) == NULL)) {
         if (fo != NULL)
             fanout_free(fo);
@@ -440,7 +442,8 @@ static void work_flush(dp_worker *w, dp_fanout *fo)
 static void flush_done(dp_fanout *fo)
 {
     char text[200];
-    snprintf(text, sizeof text, "flushed %s", fo->user != NULL ? "one user's routes" : "every route");
+    snprintf(text, sizeof text, "flushed %s",
+             fo->user != NULL ? "one user's routes" : "every route");
     dp_log_event(DP_LOG_INFO, NULL, "cache_flush", "user=%s", fo->user ? fo->user : "*");
     dp_ctl_reply(fo->call, 200, text, NULL, 0);
 }
@@ -704,8 +707,7 @@ static const dp_ctl_command commands[] = {
     {"pause", "", NULL, "stop accepting new connections", cmd_pause},
     {"resume", "", NULL, "accept new connections again", cmd_resume},
     {"drain", "[timeout=SECONDS] [message=TEXT]", keys_drain,
-     "stop accepting, wait for sessions to end (kick the rest at the deadline), exit 0",
-     cmd_drain},
+     "stop accepting, wait for sessions to end (kick the rest at the deadline), exit 0", cmd_drain},
     {"reload", "", NULL, "re-read the configuration and re-load the hook", cmd_reload},
     {"cache flush", "[user=U]", keys_flush, "drop cached routes (one user's or all)",
      cmd_cache_flush},

@@ -54,7 +54,7 @@ struct dp_daemon {
     uv_async_t ctl_async; /* a fan-out finished, a drain may be done, a kick arrived */
     pthread_mutex_t ctl_lock;
     struct dp_fanout *fanouts_done; /* under ctl_lock */
-    char **kick_users;               /* under ctl_lock: users a hook asked to kick */
+    char **kick_users;              /* under ctl_lock: users a hook asked to kick */
     size_t nkick_users;
     bool ctl_live; /* under ctl_lock: ctl_async may be signalled (kick requests) */
     struct dp_drain *drain;
@@ -66,7 +66,6 @@ typedef struct wstate {
     dp_route_cache *cache;
     void *daemon_data;
 } wstate;
-
 
 static inline dp_daemon_conf *dp_daemon_gconf(const generation *g)
 {

@@ -319,8 +319,8 @@ void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason)
 }
 
 static const char *const state_names[] = {
-    [ST_PRELOGIN] = "prelogin", [ST_LOOKUP] = "lookup",   [ST_CONNECTING] = "connecting",
-    [ST_GREETING] = "greeting", [ST_USER] = "user",       [ST_NEED_PASS] = "need_pass",
+    [ST_PRELOGIN] = "prelogin", [ST_LOOKUP] = "lookup",    [ST_CONNECTING] = "connecting",
+    [ST_GREETING] = "greeting", [ST_USER] = "user",        [ST_NEED_PASS] = "need_pass",
     [ST_PASS] = "pass",         [ST_LOGGED_IN] = "active", [ST_CLOSING] = "closing",
 };
 

@@ -354,7 +354,7 @@ void sshp_conn_kick(sshp_conn *c, const char *reason)
 }
 
 static const char *const state_names[] = {
-    [CONN_KEX] = "kex", [CONN_AUTH] = "auth", [CONN_OPEN] = "open",
+    [CONN_KEX] = "kex",         [CONN_AUTH] = "auth",   [CONN_OPEN] = "open",
     [CONN_CLOSING] = "closing", [CONN_DEAD] = "closed",
 };
 

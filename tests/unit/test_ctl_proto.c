@@ -80,8 +80,8 @@ START_TEST(refused)
         dp_ctl_request r;
         const char *why;
         ck_assert_msg(parse(cases[i].line, &r, &why) == -EINVAL, "accepted: %s", cases[i].line);
-        ck_assert_msg(why != NULL && strstr(why, cases[i].why) != NULL, "%s: why=%s",
-                      cases[i].line, why ? why : "(null)");
+        ck_assert_msg(why != NULL && strstr(why, cases[i].why) != NULL, "%s: why=%s", cases[i].line,
+                      why ? why : "(null)");
     }
     /* 17 arguments: one too many */
     char line[512] = "kick";
