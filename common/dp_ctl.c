@@ -12,6 +12,10 @@
 
 #include "dp_log.h"
 
+/* A closing client's unread replies get this long to leave; then the connection is cut
+ * (a peer that never reads must not keep a slot, or the process, alive). */
+#define CLOSE_FLUSH_MS 2000
+
 typedef struct ctl_client ctl_client;
 
 struct dp_ctl {
@@ -30,6 +34,7 @@ struct ctl_client {
     uv_timer_t timer;
     int open_handles;
     bool closing, reading, discarding, in_process;
+    bool eof; /* the peer shut its side: answer what is buffered, then close */
     uid_t uid;
     pid_t pid;
     dp_ctl_call *pending; /* at most one request at a time: replies stay in order */
@@ -90,6 +95,11 @@ static void client_close_now(ctl_client *c)
         uv_close((uv_handle_t *)&c->timer, client_handle_closed);
 }
 
+static void close_deadline_cb(uv_timer_t *t)
+{
+    client_close_now(t->data);
+}
+
 static void shutdown_cb(uv_shutdown_t *req, int status)
 {
     ctl_client *c = req->data;
@@ -109,7 +119,7 @@ static void client_close(ctl_client *c)
         c->pending = NULL;
     }
     uv_read_stop((uv_stream_t *)&c->pipe);
-    uv_timer_stop(&c->timer);
+    uv_timer_start(&c->timer, close_deadline_cb, CLOSE_FLUSH_MS, 0);
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req != NULL) {
         req->data = c;
@@ -133,6 +143,8 @@ static void write_cb(uv_write_t *req, int status)
         dp_log_debug("control client pid=%ld: write: %s", (long)c->pid, uv_strerror(status));
         client_close(c);
     }
+    if (!c->closing && c->writes == 0)
+        client_process(c); /* requests read while this reply was on its way */
     client_free_if_done(c);
 }
 
@@ -208,7 +220,6 @@ void dp_ctl_reply(dp_ctl_call *call, int code, const char *text, const char *bod
         return;
     }
     arm_timer(c);
-    client_read_start(c);
     client_process(c); /* lines that arrived while this call was pending */
 }
 
@@ -327,7 +338,8 @@ static void client_process(ctl_client *c)
     if (c->in_process)
         return;
     c->in_process = true;
-    while (!c->closing && c->pending == NULL) {
+    /* One reply in flight at a time: a client that does not read stops being read. */
+    while (!c->closing && c->pending == NULL && c->writes == 0) {
         char *nl = memchr(c->in, '\n', c->len);
         if (nl == NULL) {
             if (c->len >= DP_CTL_LINE_MAX) {
@@ -344,9 +356,10 @@ static void client_process(ctl_client *c)
             c->discarding = false;
         } else {
             *nl = '\0';
-            if (n > 0 && c->in[n - 1] == '\r')
-                c->in[n - 1] = '\0';
-            if (memchr(c->in, '\0', n) != NULL && strlen(c->in) + 1 < n)
+            size_t len = n;
+            if (len > 0 && c->in[len - 1] == '\r')
+                c->in[--len] = '\0';
+            if (strlen(c->in) != len)
                 bad_request(c, "-", "malformed request (NUL byte)", NULL);
             else
                 dispatch(c, c->in);
@@ -355,8 +368,12 @@ static void client_process(ctl_client *c)
         memmove(c->in, nl + 1, c->len - n - 1);
         c->len -= n + 1;
     }
-    if (!c->closing && c->pending == NULL)
-        client_read_start(c);
+    if (!c->closing && c->pending == NULL && c->writes == 0) {
+        if (c->eof)
+            client_close(c); /* every complete line is answered */
+        else
+            client_read_start(c);
+    }
     c->in_process = false;
 }
 
@@ -373,13 +390,20 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     (void)buf;
     if (nread == UV_ENOBUFS)
         return;
+    if (nread == UV_EOF) {
+        uv_read_stop(s);
+        c->reading = false;
+        c->eof = true;
+        if (c->pending == NULL)
+            client_process(c);
+        return;
+    }
     if (nread < 0) {
         client_close(c);
         return;
     }
     c->len += (size_t)nread;
-    arm_timer(c);
-    if (c->pending != NULL) {
+    if (c->pending != NULL || c->writes > 0) {
         /* Pipelined requests wait; stop reading once the buffer is full. */
         if (c->len >= DP_CTL_LINE_MAX) {
             uv_read_stop(s);
@@ -392,7 +416,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void client_read_start(ctl_client *c)
 {
-    if (c->reading || c->closing || c->len >= DP_CTL_LINE_MAX)
+    if (c->reading || c->closing || c->eof || c->len >= DP_CTL_LINE_MAX)
         return;
     if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) == 0)
         c->reading = true;

@@ -518,7 +518,11 @@ static void close_cb(uv_handle_t *h)
 
 int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
 {
-    dp_daemon d = {.def = def, .config_path = def->default_config};
+    /* Static: a hook thread that outlives the unload deadline may still call our kick
+     * callback after this function returned (it then finds ctl_live false). Once per process. */
+    static dp_daemon d;
+    d.def = def;
+    d.config_path = def->default_config;
     d.tables[0] = &dp_daemon_conf_table;
     d.tables[1] = def->table;
     d.tables[2] = NULL;
@@ -618,6 +622,8 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         .proxy_max_header = (size_t)c->proxy_max_header,
         .ops = &worker_ops,
         .arg = &d,
+        /* Nothing is accepted before privileges are dropped (resumed below). */
+        .start_paused = true,
     };
     rc = dp_workers_start(&d.workers, &wo, err, sizeof err);
     int status = 0;
@@ -638,11 +644,14 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
                (rc = dp_privs_drop(&d.privs, err, sizeof err)) != 0) {
         if (rc == -ETIMEDOUT)
             snprintf(err, sizeof err, "workers did not start within 30 s");
+        else if (rc == -ECHILD)
+            snprintf(err, sizeof err, "a worker could not start (the log says why)");
         fprintf(stderr, "%s: cannot start: %s\n", def->name, err);
         dp_log_error("cannot start: %s", err);
         status = 3;
         dp_workers_stop(d.workers);
     } else {
+        dp_workers_resume(d.workers);
         char addrs[512] = "";
         for (size_t i = 0, pos = 0; i < c->listen.n && pos < sizeof addrs; i++)
             pos += (size_t)snprintf(addrs + pos, sizeof addrs - pos, "%s%s", i ? "," : "",

@@ -92,6 +92,12 @@ static int row_cmp(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
+static void sort_rows(dp_session_list *l)
+{
+    if (l->n > 1) /* rows is NULL when empty, and qsort's pointer must not be */
+        qsort(l->rows, l->n, sizeof *l->rows, row_cmp);
+}
+
 static void rfc3339(int64_t unix_ms, char *buf, size_t len)
 {
     time_t t = (time_t)(unix_ms / 1000);
@@ -305,7 +311,7 @@ static void cmd_status(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
 
 static void sessions_done(dp_fanout *fo)
 {
-    qsort(fo->list.rows, fo->list.n, sizeof *fo->list.rows, row_cmp);
+    sort_rows(&fo->list);
     if (fo->f.id != NULL && fo->list.n == 0) {
         dp_ctl_reply(fo->call, 404, "no session with that id", NULL, 0);
         return;
@@ -320,7 +326,7 @@ static void sessions_done(dp_fanout *fo)
 
 static void kick_done(dp_fanout *fo)
 {
-    qsort(fo->list.rows, fo->list.n, sizeof *fo->list.rows, row_cmp);
+    sort_rows(&fo->list);
     if (fo->list.n == 0) {
         dp_ctl_reply(fo->call, 404, "no session matched", NULL, 0);
         return;
@@ -337,6 +343,15 @@ static void kick_done(dp_fanout *fo)
 static void start_sessions_fanout(dp_daemon *d, dp_ctl_call *call, const dp_ctl_request *req,
                                   const char *kick, void (*done)(dp_fanout *))
 {
+    static const char *const keys[] = {"id", "user", "backend"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *v = dp_ctl_arg_get(req, keys[i]);
+        if (v != NULL && v[0] == '\0') {
+            /* An empty value would match every session not logged in yet. */
+            dp_ctl_reply(call, 400, "id=, user= and backend= need a value", NULL, 0);
+            return;
+        }
+    }
     dp_fanout *fo = fanout_new(d, call);
     if (fo == NULL ||
         set_filter(fo, dp_ctl_arg_get(req, "id"), dp_ctl_arg_get(req, "user"),
@@ -485,6 +500,7 @@ typedef struct dp_drain {
     long at_start;
     size_t kicked;
     bool kicking, finished;
+    bool kick_pending; /* the deadline's kick fan-out has not reported yet */
 } dp_drain;
 
 static void drain_finish(dp_daemon *d)
@@ -499,8 +515,8 @@ static void drain_finish(dp_daemon *d)
                  dr->at_start, dr->kicked, left);
     if (dr->call != NULL) {
         char text[128];
-        snprintf(text, sizeof text, "drained: %ld session%s at start, %zu kicked%s", dr->at_start,
-                 dr->at_start == 1 ? "" : "s", dr->kicked, left > 0 ? ", the rest closed now" : "");
+        snprintf(text, sizeof text, "drained %ld kicked %zu%s", dr->at_start, dr->kicked,
+                 left > 0 ? " (the rest closed now)" : "");
         dp_ctl_reply(dr->call, 200, text, NULL, 0);
         dr->call = NULL;
     }
@@ -511,6 +527,7 @@ static void drain_kicked(dp_fanout *fo)
 {
     dp_daemon *d = fo->d;
     d->drain->kicked = fo->list.n;
+    d->drain->kick_pending = false;
     dp_log_event(DP_LOG_INFO, NULL, "drain_deadline", "kicked=%zu", fo->list.n);
     if (atomic_load(&d->sessions) == 0)
         drain_finish(d);
@@ -536,6 +553,7 @@ static void drain_timer_cb(uv_timer_t *t)
     }
     fo->work = work_sessions;
     fo->done = drain_kicked;
+    dr->kick_pending = true;
     fanout_run(fo);
 }
 
@@ -556,11 +574,12 @@ int dp_daemon_drain(dp_daemon *d, int timeout_ms, const char *message, dp_ctl_ca
         timeout_ms = c->drain_timeout_s * 1000;
     copy_str(dr->message, sizeof dr->message, message != NULL ? message : c->drain_message);
     dr->call = call;
-    dr->at_start = atomic_load(&d->sessions);
     uv_timer_init(d->loop, &dr->timer);
     dr->timer.data = d;
     d->drain = dr;
+    /* draining first: a session closing between the two then sees it and wakes us. */
     atomic_store(&d->draining, true);
+    dr->at_start = atomic_load(&d->sessions);
     dp_workers_unlisten(d->workers);
     dp_sdnotify_set_state("draining");
     dp_sdnotify_stopping("draining");
@@ -687,7 +706,9 @@ static void ctl_async_cb(uv_async_t *a)
         free(users[i]);
     }
     free(users);
-    if (d->drain != NULL && !d->drain->finished && atomic_load(&d->sessions) == 0)
+    /* During the deadline's kick, drain_kicked finishes (with the count kicked). */
+    if (d->drain != NULL && !d->drain->finished && !d->drain->kick_pending &&
+        atomic_load(&d->sessions) == 0)
         drain_finish(d);
 }
 
@@ -746,16 +767,12 @@ void dp_daemon_ctl_fini(dp_daemon *d)
 {
     if (d->loop == NULL || d->ctl_async.loop == NULL)
         return;
-    dp_ctl_close(d->ctl);
-    d->ctl = NULL;
     pthread_mutex_lock(&d->ctl_lock);
     d->ctl_live = false; /* hooks still loaded may ask for kicks: nobody listens now */
-    pthread_mutex_unlock(&d->ctl_lock);
-    uv_close((uv_handle_t *)&d->ctl_async, NULL);
-    pthread_mutex_lock(&d->ctl_lock);
     dp_fanout *done = d->fanouts_done;
     d->fanouts_done = NULL;
     pthread_mutex_unlock(&d->ctl_lock);
+    /* Answer what is still owed before the socket closes (its writes are then flushed). */
     while (done != NULL) {
         dp_fanout *next = done->next;
         if (done->call != NULL)
@@ -763,10 +780,6 @@ void dp_daemon_ctl_fini(dp_daemon *d)
         fanout_free(done);
         done = next;
     }
-    for (size_t i = 0; i < d->nkick_users; i++)
-        free(d->kick_users[i]);
-    free(d->kick_users);
-    d->kick_users = NULL;
     if (d->drain != NULL) {
         if (d->drain->call != NULL)
             dp_ctl_reply(d->drain->call, 200, "stopped", NULL, 0);
@@ -775,4 +788,12 @@ void dp_daemon_ctl_fini(dp_daemon *d)
         uv_close((uv_handle_t *)&d->drain->timer, drain_closed);
         d->drain = NULL;
     }
+    dp_ctl_close(d->ctl);
+    d->ctl = NULL;
+    uv_close((uv_handle_t *)&d->ctl_async, NULL);
+    for (size_t i = 0; i < d->nkick_users; i++)
+        free(d->kick_users[i]);
+    free(d->kick_users);
+    d->kick_users = NULL;
+    d->nkick_users = 0;
 }

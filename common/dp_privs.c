@@ -5,8 +5,47 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* getpwnam_r / getgrnam_r with a buffer doubled while they say ERANGE. */
+static int lookup_ids(dp_privs *p, const char *user, const char *group, char *err, size_t errlen)
+{
+    size_t size = 4096;
+    for (;;) {
+        char *buf = malloc(size);
+        if (buf == NULL)
+            return -ENOMEM;
+        struct passwd pw, *pwp = NULL;
+        struct group gr, *grp = NULL;
+        int rc = getpwnam_r(user, &pw, buf, size, &pwp);
+        if (rc == 0 && pwp != NULL) {
+            p->uid = pw.pw_uid;
+            p->gid = pw.pw_gid;
+            if (group != NULL && group[0] != '\0') {
+                rc = getgrnam_r(group, &gr, buf, size, &grp);
+                if (rc == 0 && grp != NULL)
+                    p->gid = gr.gr_gid;
+            }
+        }
+        free(buf);
+        if (rc == ERANGE && size < (1u << 24)) {
+            size *= 2;
+            continue;
+        }
+        if (pwp == NULL) {
+            snprintf(err, errlen, "user %s: %s", user, rc != 0 ? strerror(rc) : "no such user");
+            return rc != 0 ? -rc : -ENOENT;
+        }
+        if (group != NULL && group[0] != '\0' && grp == NULL) {
+            snprintf(err, errlen, "group %s: %s", group, rc != 0 ? strerror(rc) : "no such group");
+            return rc != 0 ? -rc : -ENOENT;
+        }
+        snprintf(p->user, sizeof p->user, "%s", user);
+        return 0;
+    }
+}
 
 int dp_privs_resolve(dp_privs *p, const char *user, const char *group, char *err, size_t errlen)
 {
@@ -19,26 +58,10 @@ int dp_privs_resolve(dp_privs *p, const char *user, const char *group, char *err
         return 0;
     }
     /* getpwnam_r may consult NSS (a network directory): this runs at start-up on the main
-     * thread, before any event loop serves a client. */
-    char buf[4096];
-    struct passwd pw, *pwp = NULL;
-    int rc = getpwnam_r(user, &pw, buf, sizeof buf, &pwp);
-    if (pwp == NULL) {
-        snprintf(err, errlen, "user %s: %s", user, rc != 0 ? strerror(rc) : "no such user");
-        return rc != 0 ? -rc : -ENOENT;
-    }
-    p->uid = pw.pw_uid;
-    p->gid = pw.pw_gid;
-    snprintf(p->user, sizeof p->user, "%s", user);
-    if (group != NULL && group[0] != '\0') {
-        struct group gr, *grp = NULL;
-        rc = getgrnam_r(group, &gr, buf, sizeof buf, &grp);
-        if (grp == NULL) {
-            snprintf(err, errlen, "group %s: %s", group, rc != 0 ? strerror(rc) : "no such group");
-            return rc != 0 ? -rc : -ENOENT;
-        }
-        p->gid = gr.gr_gid;
-    }
+     * thread, before any event loop serves a client. Big group entries need a big buffer. */
+    int rc = lookup_ids(p, user, group, err, errlen);
+    if (rc != 0)
+        return rc;
     if (p->uid == 0) {
         snprintf(err, errlen, "user %s is root: name an unprivileged user", user);
         return -EINVAL;

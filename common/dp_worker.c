@@ -70,6 +70,7 @@ struct dp_workers {
     pthread_cond_t join_cond;
     size_t running;
     size_t nstarted; /* workers past their start callback (successful or not) */
+    size_t nfailed;  /* of those, the ones whose start failed */
 };
 
 int dp_sock_tune(int fd, int keepalive_s)
@@ -364,6 +365,7 @@ static void worker_main(void *arg)
         l->poll.data = l;
         l->w = w;
     }
+    w->paused = ws->opts.start_paused;
     int rc = ws->opts.ops->start != NULL ? ws->opts.ops->start(w) : 0;
     if (rc != 0) {
         dp_log_error("worker %d: start failed: %s", w->index, strerror(-rc));
@@ -375,6 +377,8 @@ static void worker_main(void *arg)
     }
     pthread_mutex_lock(&ws->join_lock);
     ws->nstarted++;
+    if (rc != 0)
+        ws->nfailed++;
     pthread_cond_broadcast(&ws->join_cond);
     pthread_mutex_unlock(&ws->join_lock);
     run_posts(w);
@@ -437,7 +441,12 @@ int dp_workers_start(dp_workers **out, const dp_workers_opts *opts, char *err, s
     ws->n = (size_t)opts->nworkers;
     ws->w = calloc(ws->n, sizeof *ws->w);
     pthread_mutex_init(&ws->join_lock, NULL);
-    pthread_cond_init(&ws->join_cond, NULL);
+    /* Deadlines on the monotonic clock: a wall-clock step must not cut a stop short. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ws->join_cond, &ca);
+    pthread_condattr_destroy(&ca);
     if (ws->w == NULL) {
         free_workers(ws);
         return -ENOMEM;
@@ -545,7 +554,7 @@ void dp_workers_unlisten(dp_workers *ws)
 int dp_workers_wait_started(dp_workers *ws, int timeout_ms)
 {
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
     deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     if (deadline.tv_nsec >= 1000000000L) {
@@ -557,14 +566,15 @@ int dp_workers_wait_started(dp_workers *ws, int timeout_ms)
     while (ws->nstarted < ws->n && rc == 0)
         rc = pthread_cond_timedwait(&ws->join_cond, &ws->join_lock, &deadline);
     bool done = ws->nstarted >= ws->n;
+    bool failed = ws->nfailed > 0;
     pthread_mutex_unlock(&ws->join_lock);
-    return done ? 0 : -ETIMEDOUT;
+    return !done ? -ETIMEDOUT : failed ? -ECHILD : 0;
 }
 
 int dp_workers_join(dp_workers *ws, int timeout_ms)
 {
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
     if (timeout_ms >= 0) {
         deadline.tv_sec += timeout_ms / 1000;
         deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;

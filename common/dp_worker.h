@@ -53,7 +53,8 @@ typedef struct dp_workers_opts {
     int proxy_timeout_ms;
     size_t proxy_max_header;
     const dp_worker_ops *ops;
-    void *arg; /* dp_worker_arg() */
+    void *arg;         /* dp_worker_arg() */
+    bool start_paused; /* bind but do not accept until dp_workers_resume */
 } dp_workers_opts;
 
 /* Bind every socket, then start the threads. `opts` and its arrays are copied (the caller
@@ -80,7 +81,7 @@ void dp_workers_resume(dp_workers *ws);
 void dp_workers_unlisten(dp_workers *ws);
 
 /* Wait until every worker has run its start callback (e.g. read its keys), at most
- * timeout_ms. Returns 0 or -ETIMEDOUT. */
+ * timeout_ms. Returns 0, -ETIMEDOUT, or -ECHILD when a worker's start failed (it logged why). */
 int dp_workers_wait_started(dp_workers *ws, int timeout_ms);
 
 /* Run fn(w, arg) on every worker's loop thread (thread-safe). Returns how many workers will

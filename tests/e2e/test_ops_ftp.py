@@ -257,7 +257,9 @@ def t_socket(env):
         for bad, what in (('kick user="open', "unterminated quoted value"),
                           ("kick colour=red", "unknown argument"),
                           ("frobnicate", "unknown command"),
-                          ("drain timeout=abc", "timeout")):
+                          ("drain timeout=abc", "timeout"),
+                          ("kick user=", "need a value"),
+                          ('sessions backend=""', "need a value")):
             code, text, _ = c.ask(bad)
             check(code == 400 and what in text, "%r: 400 %s" % (bad, what), text)
         c.send("status\nsessions\nhelp\n")
@@ -265,6 +267,33 @@ def t_socket(env):
         check([r[0] for r in replies] == [200, 200, 200] and
               replies[2][2][0].startswith("command\t"),
               "three pipelined requests are answered in order", replies)
+    finally:
+        c.close()
+    # A client that sends its request and shuts its side gets the answer, then EOF.
+    c = RawCtl(env.ctl_path)
+    try:
+        c.send("status\n")
+        c.s.shutdown(socket.SHUT_WR)
+        code, _, body = c.reply()
+        rest = c.f.read()
+        check(code == 200 and body and rest == b"", "request then half-close: answered, then "
+              "closed", (code, body, rest))
+    finally:
+        c.close()
+    # A client that never reads its replies is not read further (replies do not pile up),
+    # and the daemon keeps serving others.
+    c = RawCtl(env.ctl_path)
+    try:
+        c.s.setblocking(False)
+        sent = 0
+        try:
+            for _ in range(20000):
+                sent += c.s.send(b"help\n")
+        except BlockingIOError:
+            pass
+        r = ctl(env, "status")
+        check(r.rc == 0 and sent < 20000 * 5, "a client that never reads is throttled (%d bytes "
+              "accepted of %d) and others are served" % (sent, 20000 * 5), r)
     finally:
         c.close()
     r = ctl(env, "help")
@@ -340,8 +369,8 @@ def t_drain_deadline(env):
     took = time.monotonic() - t0
     line = read_421(f)
     rc = env.proxy.wait(10)
-    check(r.rc == 0 and "1 kicked" in r.out + r.err, "drain timeout=1 kicks the idle session "
-          "(exit 0, '1 kicked')", r)
+    check(r.rc == 0 and "drained 1 kicked 1" in r.out + r.err, "drain timeout=1 kicks the idle "
+          "session (exit 0, 'drained 1 kicked 1')", r)
     check(line == "421 back in five minutes", "the client reads '421 <message>'", line)
     check(rc == 0 and took < 4, "the daemon exits 0 on time (%.1fs)" % took, "rc=%s" % rc)
     close_ftp(f)
