@@ -8,6 +8,7 @@
  * Reference: docs/hook-pgsql.md.
  */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -309,6 +310,38 @@ static void pgsql_fini(void *state)
     free(h);
 }
 
+/*
+ * Keep libpq, and the libraries it pulled in, mapped until the process exits, although the host
+ * dlclose()s this hook when a reload replaces it. libpq (gssencmode=prefer, the default) asks
+ * GSSAPI for credentials on every dial; without a Kerberos ticket gss_acquire_cred fails and
+ * libgssapi_krb5 keeps its error text ("No Kerberos credentials available (default cache:
+ * ...)") in a libkrb5support thread-specific block of the dialing thread: the daemon's main
+ * thread (init's warm-up dial) or a libuv threadpool thread (lookups), all of which outlive the
+ * hook. Unloading libkrb5support deletes its pthread key but frees no live thread's block; when
+ * the hook is loaded again, the new key reuses the slot, glibc drops the stale pointer, and the
+ * block (48 bytes, plus the message it holds) is lost: one per dialing thread per reload,
+ * reported by LeakSanitizer as allocated from "<unknown module>". Nothing in fini can free
+ * another thread's block, so its owner has to stay loaded: with libpq pinned, its dependencies
+ * stay too (the loader keeps what a resident object needs), the key survives and a reloaded
+ * hook finds its blocks again. (OpenSSL, also under libpq, pins itself for the same kind of
+ * reason.) This .so itself is still unloaded. Failing to pin only costs that leak: not fatal.
+ */
+static void pin_libpq(pgh *h)
+{
+    int (*fn)(void) = PQlibVersion;
+    void *addr;
+    Dl_info info;
+    memcpy(&addr, &fn, sizeof addr); /* function pointer -> object pointer for dladdr */
+    if (dladdr(addr, &info) == 0 || info.dli_fname == NULL) {
+        pgh_debug(h, "cannot find libpq's file name; it will be unloaded with the hook");
+        return;
+    }
+    /* NOLOAD: only flag the copy already mapped. The handle is never closed on purpose. */
+    if (dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+        pgh_debug(h, "cannot pin %s: %s; it will be unloaded with the hook", info.dli_fname,
+                  dlerror());
+}
+
 /* err->key must point into `params`: find the entry named `key` (NULL if it was not given). */
 static const char *param_key(const dph_param *params, const char *key)
 {
@@ -340,6 +373,7 @@ static int pgsql_init(void **state, const dph_host *host, const dph_param *param
     }
     h->host = host;
     h->listener.wake_fd = -1;
+    pin_libpq(h); /* before the first dial (the warm-up below) */
     int rc = pgh_conf_parse(&h->conf, params, err);
     if (rc != 0) {
         free(h);
