@@ -513,23 +513,7 @@ FTP_TESTS = [
 def run_world(cls, tests, only, kwargs):
     if only and not any(name.split()[0] in only for name, _ in tests):
         return
-    if not cls.preflight(check, "test_metrics"):
-        return
-    env = cls(**kwargs)
-    try:
-        with env:
-            env.run_sections(tests, only, check)
-            if not env.selftest:
-                rc, took = env.stop_proxy()
-                check(rc == 0, "%s exits 0 on SIGTERM (took %.1fs)" % (cls.NAME, took), rc)
-            if check.failed and env.logfile and not env.selftest:
-                print("--- %s log (tail) ---\n%s" % (cls.NAME, dpenv.tail(env.logfile, 40)))
-    except Exception:  # noqa: BLE001 - a harness error is a failed check
-        check.harness_error("%s test environment" % cls.NAME)
-        if env.logfile_tail:
-            print("--- %s log (tail) ---\n%s" % (cls.NAME, env.logfile_tail))
-    for p in env.cleanup_problems:
-        check(False, "cleanup: %s" % p)
+    cls.run_world(check, "test_metrics", tests, only, kwargs, always_stop=True)
 
 
 def main(argv):

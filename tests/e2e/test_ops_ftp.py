@@ -37,7 +37,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from ctl import PROXYCTL, RawCtl, proxyctl  # noqa: E402
+from ctl import (RawCtl, connect_refused, proxyctl, proxyctl_background, proxyctl_missing,  # noqa: E402
+                 sessions as ctl_sessions)
 from ftpproxy_env import FtpProxyEnv, close_ftp  # noqa: E402
 from proxy_env import BUILD, PGSQL_HOOK, conf_value  # noqa: E402
 
@@ -70,13 +71,6 @@ def read_421(f, timeout=5.0):
         return "error: %r" % e
 
 
-def sessions(env, *filters):
-    r = ctl(env, "--json", "sessions", *filters)
-    try:
-        return json.loads(r.out)["sessions"]
-    except (ValueError, KeyError):
-        return None
-
 
 def retr(f, name):
     chunks = []
@@ -93,7 +87,7 @@ def t_kick(env):
     c = env.ftp(u1)
     d = env.ftp(u2)
     try:
-        rows = sessions(env)
+        rows = ctl_sessions(env.ctl_path)
         check(rows is not None and len(rows) == 4 and
               sorted(r["user"] for r in rows) == sorted([u0.name, u0.name, u1.name, u2.name]) and
               all(r["proto"] == "ftp" and r["state"] == "active" for r in rows),
@@ -118,7 +112,7 @@ def t_kick(env):
               "kick backend=web2 ends only the session on web2", r)
         check(read_421(d) == "421 web2 goes down" and noop_ok(c),
               "that client reads the message; the web1 session keeps working")
-        sid = (sessions(env, "user=" + u1.name) or [{}])[0].get("id")
+        sid = (ctl_sessions(env.ctl_path, "user=" + u1.name) or [{}])[0].get("id")
         r = ctl(env, "kick", "id=%s" % sid)
         check(sid is not None and r.rc == 0 and read_421(c).startswith("421 "),
               "kick id=ID ends that session", r)
@@ -329,18 +323,9 @@ def t_drain_transfer(env):
     t.start()
     time.sleep(0.5)
     t0 = time.monotonic()
-    drain = {}
-    dt = threading.Thread(target=lambda: drain.update(r=ctl(env, "drain", "timeout=60", timeout=90)))
-    dt.start()
+    dt, drain = proxyctl_background(env.ctl_path, "drain", "timeout=60")
     time.sleep(0.5)
-    try:
-        socket.create_connection(("127.0.0.1", env.port), timeout=2).close()
-        refused = False
-    except ConnectionRefusedError:
-        refused = True
-    except OSError:
-        refused = False
-    check(refused, "while draining a new connection is refused")
+    check(connect_refused(env.port), "while draining a new connection is refused")
     check(t.is_alive(), "the transfer is still running when the drain begins")
     t.join(60)
     check(got.get("sha") == sha(data) and str(got.get("reply", "")).startswith("226"),
@@ -419,8 +404,9 @@ TESTS = [
 
 
 def main(argv):
-    if not os.access(PROXYCTL, os.X_OK):
-        check(False, "proxyctl not built (%s)" % PROXYCTL)
+    missing = proxyctl_missing()
+    if missing:
+        check(False, missing)
         return check.finish()
     return FtpProxyEnv.run_suite(check, "test_ops_ftp", TESTS, argv, {"nusers": 3},
                                  setup=FtpProxyEnv.spread_users)

@@ -17,10 +17,8 @@ Run by ctest (label e2e) or directly as root:
 """
 
 import hashlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +27,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from ctl import PROXYCTL, proxyctl  # noqa: E402
+from ctl import (connect_refused, proxyctl, proxyctl_background, proxyctl_missing,  # noqa: E402
+                 sessions as ctl_sessions)
 from sshproxy_env import SshProxyEnv  # noqa: E402
 
 check = Checks()
@@ -39,13 +38,6 @@ MiB = 1 << 20
 def ctl(env, *args, **kw):
     return proxyctl(env.ctl_path, *args, **kw)
 
-
-def sessions(env, *filters):
-    r = ctl(env, "--json", "sessions", *filters)
-    try:
-        return json.loads(r.out)["sessions"]
-    except (ValueError, KeyError):
-        return None
 
 
 class Bg:
@@ -73,6 +65,12 @@ class Bg:
             self.t.join(5)
         return self.out.get("rc"), self.out.get("out", b""), self.out.get("err", "")
 
+    def stop(self):
+        """Kill the client if it still runs, and reap it (cleanup)."""
+        if self.running():
+            self.p.kill()
+        self.finish(5)
+
 
 def wait_sessions(env, n, timeout=15, **match):
     """Wait until `sessions` shows n sessions in state open matching the fields, each with
@@ -80,7 +78,7 @@ def wait_sessions(env, n, timeout=15, **match):
     rows = []
 
     def ready():
-        rows[:] = [r for r in sessions(env) or [] if r["state"] == "open" and
+        rows[:] = [r for r in ctl_sessions(env.ctl_path) or [] if r["state"] == "open" and
                    r["bytes_out"] > 0 and all(r.get(k) == v for k, v in match.items())]
         return len(rows) >= n
     dpenv.wait_until(ready, timeout)
@@ -119,9 +117,7 @@ def t_kick(env):
         check(r.rc == 4, "kick with no match: exit 4", r)
     finally:
         for p in (a, b, c, d):
-            if p.running():
-                p.p.kill()
-            p.finish(5)
+            p.stop()
 
 
 # ---- 2 reload -----------------------------------------------------------------------------------------
@@ -148,9 +144,7 @@ def t_reload(env):
     finally:
         with open(env.config, "w") as f:
             f.write(good)
-        if s.running():
-            s.p.kill()
-        s.finish(5)
+        s.stop()
 
 
 # ---- 3 drain with a session in flight ----------------------------------------------------------------------
@@ -165,19 +159,9 @@ def t_drain(env):
     mark = env.log_offset()
     try:
         wait_sessions(env, 1, user=u0.name)
-        drain = {}
-        dt = threading.Thread(target=lambda: drain.update(r=ctl(env, "drain", "timeout=60",
-                                                                timeout=90)))
-        dt.start()
+        dt, drain = proxyctl_background(env.ctl_path, "drain", "timeout=60")
         time.sleep(0.5)
-        try:
-            socket.create_connection(("127.0.0.1", env.port), timeout=2).close()
-            refused = False
-        except ConnectionRefusedError:
-            refused = True
-        except OSError:
-            refused = False
-        check(refused, "while draining a new connection is refused")
+        check(connect_refused(env.port), "while draining a new connection is refused")
         check(s.running(), "the session is still running when the drain begins")
         rc, out, err = s.finish(60)
         check(rc == 0 and hashlib.sha256(out).hexdigest() ==
@@ -193,9 +177,7 @@ def t_drain(env):
         done = env.events("drain_done", after=mark)
         check(len(done) == 1 and done[0].get("kicked") == "0", "drain_done: nothing kicked", done)
     finally:
-        if s.running():
-            s.p.kill()
-        s.finish(5)
+        s.stop()
         if not env.proxy_alive():
             env.start_proxy()
 
@@ -222,9 +204,7 @@ def t_sigterm(env):
         check(len(env.events("drain_deadline", after=mark, kicked="1")) == 1,
               "drain_deadline kicked=1 is logged")
     finally:
-        if s.running():
-            s.p.kill()
-        s.finish(5)
+        s.stop()
         if not env.proxy_alive():
             env.start_proxy()
 
@@ -238,8 +218,9 @@ TESTS = [
 
 
 def main(argv):
-    if not os.access(PROXYCTL, os.X_OK):
-        check(False, "proxyctl not built (%s)" % PROXYCTL)
+    missing = proxyctl_missing()
+    if missing:
+        check(False, missing)
         return check.finish()
     return SshProxyEnv.run_suite(check, "test_ops_ssh", TESTS, argv, {"nusers": 3},
                                  setup=SshProxyEnv.spread_users)

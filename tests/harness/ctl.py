@@ -1,8 +1,10 @@
 """Control-socket clients for the e2e tests: the real `proxyctl`, and a raw protocol client
 (for what proxyctl never sends: malformed and over-long lines, pipelined requests)."""
 
+import json
 import os
 import socket
+import threading
 
 from proxy_env import BUILD, run_cmd
 
@@ -15,6 +17,40 @@ def proxyctl(sock, *args, timeout=60, runas=None):
     if runas:
         argv = ["runuser", "-u", runas, "--"] + argv
     return run_cmd(argv, timeout=timeout)
+
+
+def sessions(sock, *filters):
+    """`proxyctl sessions --json` as a list of dicts (None when the reply is not that)."""
+    r = proxyctl(sock, "--json", "sessions", *filters)
+    try:
+        return json.loads(r.out)["sessions"]
+    except (ValueError, KeyError):
+        return None
+
+
+def proxyctl_background(sock, *args, timeout=90):
+    """Run proxyctl in a thread (drain answers only at the end); returns (thread, box):
+    box["r"] is the Result once the thread ended."""
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=proxyctl(sock, *args, timeout=timeout)))
+    t.start()
+    return t, box
+
+
+def connect_refused(port, host="127.0.0.1"):
+    """True when a TCP connect to host:port is refused (a draining daemon's closed port)."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def proxyctl_missing():
+    """None when proxyctl is built, else a one-line reason."""
+    return None if os.access(PROXYCTL, os.X_OK) else "proxyctl not built (%s)" % PROXYCTL
 
 
 class RawCtl:

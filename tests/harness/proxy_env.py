@@ -205,21 +205,21 @@ class ProxyEnv:
         return True
 
     @classmethod
-    def run_suite(cls, check, name, tests, argv, env_kwargs, setup=None, stop_with=None):
-        """A whole driver: preflight, the environment, setup(env), the sections, then a
-        SIGTERM check (when every section ran, or section `stop_with` was asked for), the
-        daemon's log tail on failure, cleanup problems and timing. Returns the exit status."""
+    def run_world(cls, check, name, tests, only, env_kwargs, setup=None, stop_with=None,
+                  always_stop=False):
+        """One environment: preflight, setup(env), the sections in `only` (all when empty),
+        then a SIGTERM check (when every section ran, section `stop_with` was asked for, or
+        always_stop), the daemon's log tail on failure, and cleanup problems."""
         if not cls.preflight(check, name):
-            return check.finish()
-        only = set(argv)
-        t0 = time.monotonic()
+            return
         env = cls(**env_kwargs)
         try:
             with env:
                 if setup is not None:
                     setup(env)
                 env.run_sections(tests, only, check)
-                if not env.selftest and (not only or (stop_with is not None and stop_with in only)):
+                stop = always_stop or not only or (stop_with is not None and stop_with in only)
+                if not env.selftest and stop:
                     rc, took = env.stop_proxy()
                     check(rc == 0, "SIGTERM after the sections: %s exits 0 (took %.1fs)"
                           % (cls.NAME, took), "exit status %s; %s" % (rc, dpenv.tail(env.logfile, 15)))
@@ -231,6 +231,13 @@ class ProxyEnv:
                 print("--- %s log (tail) ---\n%s" % (cls.NAME, env.logfile_tail))
         for p in env.cleanup_problems:
             check(False, "cleanup: %s" % p)
+
+    @classmethod
+    def run_suite(cls, check, name, tests, argv, env_kwargs, setup=None, stop_with=None):
+        """A whole driver: run_world over the sections named in argv, timing, and the exit
+        status."""
+        t0 = time.monotonic()
+        cls.run_world(check, name, tests, set(argv), env_kwargs, setup, stop_with)
         dpenv.log("%s took %.1fs", name, time.monotonic() - t0)
         return check.finish()
 
