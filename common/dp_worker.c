@@ -551,16 +551,23 @@ void dp_workers_unlisten(dp_workers *ws)
         post(&ws->w[i], do_unlisten, NULL);
 }
 
+/* Now + ms on CLOCK_MONOTONIC, the clock join_cond waits on. */
+static struct timespec deadline_in(int ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 int dp_workers_wait_started(dp_workers *ws, int timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = deadline_in(timeout_ms);
     pthread_mutex_lock(&ws->join_lock);
     int rc = 0;
     while (ws->nstarted < ws->n && rc == 0)
@@ -573,16 +580,7 @@ int dp_workers_wait_started(dp_workers *ws, int timeout_ms)
 
 int dp_workers_join(dp_workers *ws, int timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    if (timeout_ms >= 0) {
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec deadline = deadline_in(timeout_ms >= 0 ? timeout_ms : 0);
     pthread_mutex_lock(&ws->join_lock);
     int rc = 0;
     while (ws->running > 0 && rc == 0) {
