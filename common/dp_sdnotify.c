@@ -41,15 +41,22 @@ static void status_field(char *buf, size_t len, const char *status)
             *p = ' ';
 }
 
-int dp_sdnotify_ready(const char *status)
+/* "<state>=1", followed by a STATUS= line when status is not NULL. */
+static int send_state(const char *state, const char *status)
 {
-    char msg[600] = "READY=1";
+    char msg[600];
+    int n = snprintf(msg, sizeof msg, "%s=1", state);
     if (status != NULL) {
         char field[512];
         status_field(field, sizeof field, status);
-        snprintf(msg, sizeof msg, "READY=1\n%s", field);
+        snprintf(msg + n, sizeof msg - (size_t)n, "\n%s", field);
     }
     return send_text(msg);
+}
+
+int dp_sdnotify_ready(const char *status)
+{
+    return send_state("READY", status);
 }
 
 int dp_sdnotify_reloading(void)
@@ -64,13 +71,7 @@ int dp_sdnotify_reloading(void)
 
 int dp_sdnotify_stopping(const char *status)
 {
-    char msg[600] = "STOPPING=1";
-    if (status != NULL) {
-        char field[512];
-        status_field(field, sizeof field, status);
-        snprintf(msg, sizeof msg, "STOPPING=1\n%s", field);
-    }
-    return send_text(msg);
+    return send_state("STOPPING", status);
 }
 
 int dp_sdnotify_status(const char *fmt, ...)
