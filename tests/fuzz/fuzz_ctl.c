@@ -8,21 +8,12 @@
  * body reads back (dot-unstuffed, up to the terminator) as exactly that body's lines.
  */
 #include "dp_ctl_proto.h"
+#include "fuzz_replay.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static int word_ok(const char *w)
 {
@@ -100,8 +91,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef DP_LIBFUZZER
-
-#include "fuzz_replay.h"
 
 /* Bytes that matter to the request grammar and the framing. */
 static const uint8_t interesting[] = {0x00, 0x01, '\t', '\n', '\r', ' ', '"', '\\',

@@ -16,6 +16,7 @@
  * parsers and refuse a buffer one byte short.
  */
 #include "ftpp_proto.h"
+#include "fuzz_replay.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,16 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* FNV-1a: a digest of everything a reader produced, to compare two ways of feeding it. */
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
@@ -328,8 +319,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef DP_LIBFUZZER
-
-#include "fuzz_replay.h"
 
 /* Bytes that matter to line and address parsers: Telnet codes, CR, LF, NUL, delimiters,
  * digits. */

@@ -11,21 +11,12 @@
  * and the verdict on a prefix never contradicts the verdict on a longer buffer.
  */
 #include "dp_proxyproto.h"
+#include "fuzz_replay.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static void check_one(const uint8_t *data, size_t size, size_t max_len)
 {
@@ -75,8 +66,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef DP_LIBFUZZER
-
-#include "fuzz_replay.h"
 
 /* Bytes that matter to a header parser: boundaries, digits and separators. */
 static const uint8_t interesting[] = {0x00, 0x01, 0x0a, 0x0d, 0x20, 0x21, 0x22, 0x7f,

@@ -4,6 +4,8 @@
  * mutations of it (xorshift64*, fixed seed: a failure reproduces on every run), each in an
  * exact-size buffer so ASan sees a read past the end.
  *
+ * Also CHECK, and the entry point, for both builds of a target.
+ *
  * A target describes what matters to its parser: its bytes of interest and one mutation of
  * its own (a length field, a long run past a line cap, ...).
  */
@@ -12,6 +14,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* A property every target asserts: print where and abort (libFuzzer and ASan see a crash). */
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 typedef struct fuzz_replay {
     size_t max_input;           /* largest input (seeds are cut here) */
