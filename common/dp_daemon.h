@@ -16,6 +16,7 @@
 #include "dp_cidr.h"
 #include "dp_config.h"
 #include "dp_hook.h"
+#include "dp_metrics.h"
 #include "dp_route_cache.h"
 #include "dp_worker.h"
 
@@ -102,11 +103,11 @@ typedef struct dp_daemon_def {
                      dp_session_list *out);
 } dp_daemon_def;
 
-/* The daemon's live-session count, which drain waits on: call once when a connection is
- * accepted (before any check that may refuse it) and once when its memory is released.
- * Any worker thread. */
+/* A session begins (a connection was accepted and kept) / ends, and how: the live-session
+ * count drain waits on, and the sessions_active / sessions_total{result} metrics. Exactly
+ * once each per session; any worker thread. */
 void dp_daemon_session_opened(dp_worker *w);
-void dp_daemon_session_closed(dp_worker *w);
+void dp_daemon_session_closed(dp_worker *w, dp_sess_result result);
 /* Draining: the daemon accepts nothing new and exits when the last session ended. */
 bool dp_daemon_draining(const dp_worker *w);
 

@@ -626,12 +626,14 @@ static void cmd_drain(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
 void dp_daemon_session_opened(dp_worker *w)
 {
     dp_daemon *d = dp_worker_daemon(w);
+    dp_metrics_session_opened();
     atomic_fetch_add(&d->sessions, 1);
 }
 
-void dp_daemon_session_closed(dp_worker *w)
+void dp_daemon_session_closed(dp_worker *w, dp_sess_result result)
 {
     dp_daemon *d = dp_worker_daemon(w);
+    dp_metrics_session_closed(result);
     if (atomic_fetch_sub(&d->sessions, 1) == 1 && atomic_load(&d->draining))
         uv_async_send(&d->ctl_async);
 }

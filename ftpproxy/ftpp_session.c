@@ -52,7 +52,6 @@ static void maybe_free(ftpp_sess *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     fw->nsessions--;
-    dp_daemon_session_closed(fw->w);
     free(s->held_line);
     free(s->rtext);
     free(s);
@@ -264,7 +263,7 @@ static void sess_end(ftpp_sess *s)
     if (s->logged_start)
         notify_hook(s, true);
     dp_metrics_bytes(s->bytes_in, s->bytes_out);
-    dp_metrics_session_closed(ftpp_sess_result(s));
+    dp_daemon_session_closed(s->w, ftpp_sess_result(s));
     if (s->slot_held) {
         dp_slots_release(&sessions_slots, (struct sockaddr *)&s->client_addr);
         s->slot_held = false;
@@ -695,7 +694,6 @@ void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
     s->fw = fw;
     s->w = fw->w;
     s->slot_held = true;
-    dp_metrics_session_opened();
     s->pasv_fd = -1;
     snprintf(s->sid, sizeof s->sid, "%02x%06x", dp_worker_index(fw->w) & 0xff,
              ++fw->next_id & 0xffffff);

@@ -59,7 +59,6 @@ static void conn_free(sshp_conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     sw->nconns--;
-    dp_daemon_session_closed(sw->w);
     free(c);
 }
 
@@ -433,7 +432,7 @@ static void conn_end(sshp_conn *c)
         sshp_conn_notify_hook(c, true);
     dp_metrics_bytes(c->bytes_in + sshp_channels_bytes(c, true),
                      c->bytes_out + sshp_channels_bytes(c, false));
-    dp_metrics_session_closed(sshp_conn_result(c));
+    dp_daemon_session_closed(c->w, sshp_conn_result(c));
     c->state = CONN_DEAD;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->client);
@@ -483,7 +482,6 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->sw = sw;
     c->w = sw->w;
     c->startup_slot = true;
-    dp_metrics_session_opened();
     c->id = ++sw->next_id;
     snprintf(c->sid, sizeof c->sid, "%02x%06x", dp_worker_index(sw->w) & 0xff, c->id & 0xffffff);
     c->started_ms = dp_now_ms();
