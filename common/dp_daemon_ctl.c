@@ -398,38 +398,42 @@ static void cmd_kick(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
     start_sessions_fanout(d, call, req, message, kick_done);
 }
 
-static void cmd_pause(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
+/* pause / resume: the listeners stop / start being polled (connections wait in the backlog
+ * meanwhile). A drain has closed them for good. */
+static void set_paused(dp_daemon *d, dp_ctl_call *call, bool pause)
 {
-    dp_daemon *d = arg;
-    (void)req;
     if (atomic_load(&d->draining)) {
-        dp_ctl_reply(call, 409, "draining: the listeners are closed for good", NULL, 0);
+        dp_ctl_reply(call, 409,
+                     pause ? "draining: the listeners are closed for good"
+                           : "draining: cannot resume",
+                     NULL, 0);
         return;
     }
-    if (!d->paused) {
-        d->paused = true;
-        dp_workers_pause(d->workers);
-        dp_sdnotify_set_state("paused");
-        dp_log_event(DP_LOG_INFO, NULL, "pause", "sessions=%ld", atomic_load(&d->sessions));
+    if (d->paused != pause) {
+        d->paused = pause;
+        if (pause)
+            dp_workers_pause(d->workers);
+        else
+            dp_workers_resume(d->workers);
+        dp_sdnotify_set_state(state_name(d));
+        dp_log_event(DP_LOG_INFO, NULL, pause ? "pause" : "resume", "sessions=%ld",
+                     atomic_load(&d->sessions));
     }
-    dp_ctl_reply(call, 200, "paused: new connections wait in the listen backlog", NULL, 0);
+    dp_ctl_reply(call, 200,
+                 pause ? "paused: new connections wait in the listen backlog" : "accepting", NULL,
+                 0);
+}
+
+static void cmd_pause(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
+{
+    (void)req;
+    set_paused(arg, call, true);
 }
 
 static void cmd_resume(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
 {
-    dp_daemon *d = arg;
     (void)req;
-    if (atomic_load(&d->draining)) {
-        dp_ctl_reply(call, 409, "draining: cannot resume", NULL, 0);
-        return;
-    }
-    if (d->paused) {
-        d->paused = false;
-        dp_workers_resume(d->workers);
-        dp_sdnotify_set_state("accepting");
-        dp_log_event(DP_LOG_INFO, NULL, "resume", "sessions=%ld", atomic_load(&d->sessions));
-    }
-    dp_ctl_reply(call, 200, "accepting", NULL, 0);
+    set_paused(arg, call, false);
 }
 
 static void cmd_reload(dp_ctl_call *call, const dp_ctl_request *req, void *arg)
