@@ -18,6 +18,8 @@ real vsftpd backends and ftplib clients (docs/operations.md).
     exits 0 on time.
   7 privileges: with user = "nobody" the daemon runs as nobody (every uid and gid), the socket
     belongs to nobody, root's proxyctl works, a login and a RETR work.
+  8 cache flush: with a 10-minute route cache and a route changed in PostgreSQL without a
+    NOTIFY, logins keep the cached backend until `cache flush user=U`, then follow the new one.
 
 Run by ctest (label e2e) or directly as root:
     PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_ops_ftp.py [1 2 ...]
@@ -392,6 +394,46 @@ def t_privileges(env):
         env.restart_proxy()
 
 
+# ---- 8 cache flush ---------------------------------------------------------------------------------------
+def t_cache_flush(env):
+    u0 = env.users[0]  # on web1
+    env.put_data("web1", u0, "where.txt", b"web1\n")
+    env.put_data("web2", u0, "where.txt", b"web2\n")
+    good = open(env.config).read()
+
+    def where():
+        f = env.ftp(u0)
+        try:
+            return retr(f, "where.txt")
+        finally:
+            close_ftp(f)
+    try:
+        with open(env.config, "w") as f:
+            f.write(good.replace("  cache_ttl_ms = ", "  cache_ttl_ms = 600000; # was ", 1))
+        r = ctl(env, "reload")
+        # 16 logins: the kernel spreads them over both workers, so each worker's cache
+        # holds the route (a worker with an empty cache would ask PostgreSQL afresh).
+        seen = [where() for _ in range(16)]
+        check(r.rc == 0 and set(seen) == {b"web1\n"},
+              "a 10-minute route cache; u0 lands on web1 (16 logins)", (r, seen))
+        # Triggers off for this one statement: the route changes and nobody is told.
+        env.pg.psql("SET session_replication_role = replica; UPDATE dynproxy.users SET backend "
+                    "= 'web2' WHERE username = '%s';" % u0.name)
+        seen = [where() for _ in range(8)]
+        check(set(seen) == {b"web1\n"}, "with no NOTIFY the cached route is still used "
+              "(8 logins)", seen)
+        r = ctl(env, "cache", "flush", "user=" + u0.name)
+        check(r.rc == 0, "cache flush user=U: exit 0", r)
+        seen = [where() for _ in range(8)]
+        check(set(seen) == {b"web2\n"}, "after the flush every login follows PostgreSQL "
+              "(web2, 8 logins)", seen)
+    finally:
+        env.move(u0, "web1")
+        with open(env.config, "w") as f:
+            f.write(good)
+        ctl(env, "reload")
+
+
 TESTS = [
     ("1 sessions and kick", t_kick),
     ("2 pause resume", t_pause),
@@ -400,6 +442,7 @@ TESTS = [
     ("5 drain transfer", t_drain_transfer),
     ("6 drain deadline", t_drain_deadline),
     ("7 privileges", t_privileges),
+    ("8 cache flush", t_cache_flush),
 ]
 
 
