@@ -567,6 +567,24 @@ static bool close_channel(ssh_channel ch)
     return rc != SSH_AGAIN;
 }
 
+/* Forward the backend's exit status or signal to the client, once (nothing if it sent none). */
+static void send_exit(sshp_pair *p)
+{
+    if (p->exit_sent)
+        return;
+    p->exit_sent = true;
+    int rc = SSH_OK;
+    if (p->exit_signal_set)
+        rc = ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
+                                                  p->exit_errmsg, "");
+    else if (p->exit_status_set)
+        rc = ssh_channel_request_send_exit_status(p->cch, p->exit_status);
+    if (rc != SSH_OK)
+        /* The client would report 255 instead of the command's status. */
+        dp_slog_warn(p->conn->prefix, "exit status not forwarded to the client (libssh rc %d: %s)",
+                     rc, ssh_get_error(p->conn->cs));
+}
+
 static void progress_open_pair(sshp_pair *p)
 {
     sshp_conn *c = p->conn;
@@ -593,19 +611,8 @@ static void progress_open_pair(sshp_pair *p)
         p->b_eof_sent = true;
     }
     if ((p->b_closed || p->b_eof) && !p->exit_sent && b2c_drained(p) &&
-        (p->exit_status_set || p->exit_signal_set || p->b_closed)) {
-        int rc = SSH_OK;
-        if (p->exit_signal_set)
-            rc = ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
-                                                      p->exit_errmsg, "");
-        else if (p->exit_status_set)
-            rc = ssh_channel_request_send_exit_status(p->cch, p->exit_status);
-        if (rc != SSH_OK)
-            /* The client would report 255 instead of the command's status. */
-            dp_slog_warn(c->prefix, "exit status not forwarded to the client (libssh rc %d: %s)",
-                         rc, ssh_get_error(c->cs));
-        p->exit_sent = true;
-    }
+        (p->exit_status_set || p->exit_signal_set || p->b_closed))
+        send_exit(p);
     if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
         p->state = PAIR_CLOSING;
 }
@@ -699,8 +706,56 @@ static void progress_globals(sshp_conn *c)
     }
 }
 
+/* Close both sides; returns the ms until this pair's next deadline (0: none). */
+static uint64_t progress_closing(sshp_pair *p)
+{
+    sshp_conn *c = p->conn;
+    uint64_t now = dp_now_ms();
+    if (p->closing_since_ms == 0)
+        p->closing_since_ms = now;
+    bool late = now - p->closing_since_ms >= PAIR_CLOSE_WAIT_MS;
+    if (!p->b_close_done && p->bch != NULL)
+        p->b_close_done = close_channel(p->bch);
+    /* A session's exit status arrives just before the backend's CLOSE, which may come well
+     * after the client's: an OpenSSH mux master closes as soon as EOF went both ways. sshd
+     * holds its own CLOSE until the command has exited and its status is sent; so does the
+     * proxy, up to the deadline (the client then sees no status, as if the backend died). */
+    bool hold = p->kind == PK_SESSION && p->bch != NULL && !p->b_closed && !late;
+    if (!hold && !p->c_close_done && p->cch != NULL) {
+        if (p->kind == PK_SESSION)
+            send_exit(p);
+        p->c_close_done = close_channel(p->cch);
+        if (p->c_close_done)
+            p->c_close_sent_ms = now;
+    }
+    /* Freed only once each peer has closed too: a channel freed earlier lives on in libssh
+     * without our callbacks, buffering whatever the peer keeps sending. A backend that holds
+     * its CLOSE past the deadline (a command still running after the client left) is let go:
+     * libssh frees that channel when the CLOSE comes, and it gets no window meanwhile. */
+    bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
+    bool b_done = p->bch == NULL || (p->b_close_done && (p->b_closed || late));
+    if (c_done && b_done) {
+        p->state = PAIR_DONE;
+        return 0;
+    }
+    /* What is left waits for I/O, for the deadline above, or for the client's answer. */
+    uint64_t due = late ? 0 : p->closing_since_ms + PAIR_CLOSE_WAIT_MS;
+    if (p->c_close_done && !p->c_closed) {
+        /* A client that does not answer our CLOSE keeps buffering in libssh: cut it off. */
+        if (now - p->c_close_sent_ms >= PAIR_CLOSE_WAIT_MS) {
+            c->abuse = "a peer did not close a channel";
+            return 0;
+        }
+        uint64_t answer_due = p->c_close_sent_ms + PAIR_CLOSE_WAIT_MS;
+        if (due == 0 || answer_due < due)
+            due = answer_due;
+    }
+    return due == 0 ? 0 : due - now;
+}
+
 void sshp_channels_progress(sshp_conn *c)
 {
+    uint64_t next_deadline = 0;
     progress_globals(c);
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
         if (p->state == PAIR_OPENING)
@@ -708,22 +763,12 @@ void sshp_channels_progress(sshp_conn *c)
         if (p->state == PAIR_OPEN)
             progress_open_pair(p);
         if (p->state == PAIR_CLOSING) {
-            if (p->closing_since_ms == 0)
-                p->closing_since_ms = dp_now_ms();
-            if (!p->c_close_done && p->cch != NULL)
-                p->c_close_done = close_channel(p->cch);
-            if (!p->b_close_done && p->bch != NULL)
-                p->b_close_done = close_channel(p->bch);
-            /* Freed only once each peer has closed too: a channel freed earlier lives on in
-             * libssh without our callbacks, buffering whatever the peer keeps sending. */
-            bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
-            bool b_done = p->bch == NULL || (p->b_close_done && p->b_closed);
-            if (c_done && b_done)
-                p->state = PAIR_DONE;
-            else if (dp_now_ms() - p->closing_since_ms > PAIR_CLOSE_WAIT_MS)
-                c->abuse = "a peer did not close a channel";
+            uint64_t wait = progress_closing(p);
+            if (wait != 0 && (next_deadline == 0 || wait < next_deadline))
+                next_deadline = wait;
         }
     }
+    sshp_conn_arm_chan_timer(c, next_deadline);
     /* Free finished pairs here, never inside a libssh callback. */
     for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
         sshp_pair *p = *pp;

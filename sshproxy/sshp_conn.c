@@ -105,6 +105,23 @@ void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms)
     }
 }
 
+static void on_chan_timer(uv_timer_t *t)
+{
+    sshp_conn_pump(t->data);
+}
+
+void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
+{
+    if (!c->chan_timer_open)
+        return;
+    if (ms == 0) {
+        uv_timer_stop(&c->chan_timer);
+        return;
+    }
+    uv_update_time(dp_worker_loop(c->w));
+    uv_timer_start(&c->chan_timer, on_chan_timer, ms, 0);
+}
+
 /* ---- polls ---- */
 
 static void on_poll(uv_poll_t *p, int status, int events)
@@ -454,6 +471,7 @@ static void conn_end(sshp_conn *c)
     sshp_conn_close_handle(c, (uv_handle_t *)&c->cpoll, &c->cpoll_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
     sshp_conn_maybe_free(c);
 }
 
@@ -507,6 +525,10 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     uv_timer_init(loop, &c->fail_timer);
     c->fail_timer.data = c;
     c->fail_timer_open = true;
+    c->open_handles++;
+    uv_timer_init(loop, &c->chan_timer);
+    c->chan_timer.data = c;
+    c->chan_timer_open = true;
     c->open_handles++;
 
     c->cs = ssh_new();

@@ -17,8 +17,9 @@ build/sshproxy/sshproxy, real `ssh`, `scp`, `sftp`, `rsync`, `git`, `ssh-agent` 
    7 pty (ssh -tt through a real pty): size, resize (TIOCSWINSZ + SIGWINCH), ^C, exit status
    8 scp (SFTP and -O), sftp, rsync: 100 MiB each way, sha256 equal
    9 git push + clone to a bare repository on the backend
-  10 ControlMaster with 3 parallel channels
-  11 -L, -R forwarding and -A agent forwarding (expected to fail until implemented)
+  10 ControlMaster with 3 parallel channels; the exit status of a command that closed its
+     output before exiting reaches the mux client
+  11 -L, -R forwarding and -A agent forwarding
   12 session_start / session_end log lines
   13 PostgreSQL down: cached routes keep working, others get "temporarily unavailable"
   14 SIGTERM: the proxy exits 0 (a drain; nothing is left open)
@@ -756,6 +757,11 @@ def t_controlmaster(env):
         check(took < 5.5, "the 3 channels ran in parallel (%.1fs < 5.5s; serial >= 6s)" % took)
         r = mux("echo still-here")
         check(ok_out(r, "still-here"), "the master connection still serves a 4th channel", r)
+        # The mux master sends CLOSE as soon as EOF went both ways; the exit status comes a
+        # second later, when the command exits (sshd holds its CLOSE until then, so must we).
+        r = mux("exec >&- 2>&-; sleep 1; exit 3", timeout=20)
+        check(r.rc == 3, "a multiplexed command that closes its output 1 s before it exits "
+              "still reports its status (3, not 255)", r)
         r = run_cmd(["ssh", "-S", sock, "-O", "exit", "%s@127.0.0.1" % u.name], timeout=10)
         try:
             master.wait(10)
