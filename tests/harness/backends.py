@@ -13,11 +13,17 @@ namespace; sshd and vsftpd enter it with nsenter. They run in their own sessions
 they outlive the Python process that started them (the demo relies on that); everything needed
 to stop them later is in <basedir>/state.json. stop() kills every process inside the namespace
 (found by its /proc/PID/ns/mnt id), so per-connection children and user sessions go too.
+
+PyFtpdBackend is the other kind: FTP only, pyftpdlib (tests/harness/pyftpd_server.py under
+/usr/bin/python3) on a loopback address, for what vsftpd does not implement (RFC 3659 MLST and
+MLSD). Both kinds have name, address, ftp_port, pasv_range, home_dir, ensure_user(user),
+start(), stop() and route_row() (their dynproxy.backends row).
 """
 
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
 
@@ -46,6 +52,9 @@ def _pids_in_ns(ns):
 
 class Backend:
     """One backend: sshd + vsftpd in a private mount namespace under basedir."""
+
+    kind = "vsftpd"
+    address = "127.0.0.1"    # where sshd and vsftpd listen (the route's address)
 
     def __init__(self, name, basedir, ssh_port=None, ftp_port=None, pasv_range=None,
                  proxy_authorized_keys=None, logdir=None):
@@ -113,6 +122,11 @@ class Backend:
     def is_running(self):
         p = self.pids()
         return (len(p) == 3 and port_accepts(self.ssh_port) and port_accepts(self.ftp_port))
+
+    def route_row(self):
+        """{column: value} of this backend's row in dynproxy.backends."""
+        return {"name": self.name, "address": self.address, "ssh_port": self.ssh_port,
+                "ftp_port": self.ftp_port, "hostkey_sha256": self.ssh_hostkey_sha256}
 
     # ---- setup -------------------------------------------------------------------------
     def _prepare(self):
@@ -326,6 +340,210 @@ class Backend:
             self._save_state(holder=None, sshd=None, vsftpd=None, mntns=None)
         wait_until(lambda: (not self.ssh_port or port_is_free(self.ssh_port)) and
                    (not self.ftp_port or port_is_free(self.ftp_port)), 5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# ---- pyftpdlib: an FTP-only backend with RFC 3659 MLST/MLSD --------------------------------------
+PYTHON = "/usr/bin/python3"    # Debian's python3: python3-pyftpdlib is installed for it only
+PYFTPD_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyftpd_server.py")
+PYFTPD_PASV_PORTS = 20
+PYFTPD_STOP_TIMEOUT = 5.0
+PYFTPD_FULL_PERM = "elradfmwMT"
+
+
+def pyftpdlib_missing():
+    """None when /usr/bin/python3 can import pyftpdlib, else a one-line reason."""
+    try:
+        r = subprocess.run([PYTHON, "-c", "import pyftpdlib.servers"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "%s: %s" % (PYTHON, e)
+    if r.returncode != 0:
+        return ("%s cannot import pyftpdlib (apt-get install python3-pyftpdlib): %s"
+                % (PYTHON, r.stdout.strip().splitlines()[-1:]))
+    return None
+
+
+def _session_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read()
+    except OSError:
+        return None
+    return int(st[st.rfind(")") + 2:].split()[3])
+
+
+def _pids_in_session(sid):
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _session_of(int(d)) == sid]
+
+
+class PyFtpdBackend:
+    """An FTP-only backend: pyftpdlib (RFC 3659 MLST, MLSD and OPTS MLST, which vsftpd does
+    not implement), one process running tests/harness/pyftpd_server.py under /usr/bin/python3
+    on a loopback address, serving <basedir>/home/<user> to the users given to ensure_user
+    with their passwords (pyftpdlib's DummyAuthorizer; a wrong password is a 530).
+
+        be = PyFtpdBackend("py1", "/tmp/x/py1", address="127.0.0.4").start()
+        be.ensure_user(user)      # a users.User (its .password), or a name and password=...
+        be.address, be.ftp_port, be.pasv_range, be.home_dir, be.pid, be.log
+        rc = be.stop()            # SIGTERM; 0 when pyftpdlib shut down cleanly
+
+    start() returns once the server listens, or raises HarnessError after START_TIMEOUT with
+    the tail of its log. The kernel picks the control port and the server reports it in a
+    ready file, so there is no race for a free port with other tests. The process runs in its
+    own session (like the vsftpd backends); stop() SIGTERMs it, SIGKILLs it after
+    PYFTPD_STOP_TIMEOUT, and raises when anything of its session survives. Should the harness
+    die first, the server notices its parent is gone and exits by itself.
+    Files: <basedir>/pyftpd.json (config), users.json, ready.json; <logdir>/<name>-pyftpd.log
+    (every command and reply at log_level "debug").
+    """
+
+    kind = "pyftpdlib"
+    ssh_port = None            # FTP only
+
+    def __init__(self, name, basedir, address="127.0.0.1", pasv_range=None, logdir=None,
+                 log_level="debug"):
+        self.name = name
+        self.basedir = os.path.abspath(basedir)
+        self.home_dir = os.path.join(self.basedir, "home")
+        self.logdir = os.path.abspath(logdir) if logdir else self.basedir
+        self.address = address
+        self.pasv_range = tuple(pasv_range) if pasv_range else None
+        self.log_level = log_level
+        self.ftp_port = None
+        self.log = os.path.join(self.logdir, "%s-pyftpd.log" % name)
+        self.conf_path = os.path.join(self.basedir, "pyftpd.json")
+        self.users_file = os.path.join(self.basedir, "users.json")
+        self.ready_file = os.path.join(self.basedir, "ready.json")
+        self.proc = None
+        self.exit_status = None
+        self._users = {}
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def is_running(self):
+        return (self.pid is not None and self.ftp_port is not None
+                and port_accepts(self.ftp_port, self.address))
+
+    def route_row(self):
+        """{column: value} of this backend's row in dynproxy.backends (ssh_port: the
+        schema's default, hostkey_sha256 NULL: there is no sshd)."""
+        return {"name": self.name, "address": self.address, "ftp_port": self.ftp_port}
+
+    def _write_json(self, path, obj):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)    # a new inode: the server's authorizer sees the change
+
+    def ensure_user(self, user, password=None, authorized_keys=None):
+        """Give `user` a home with a BACKEND file and a login with its password (password
+        overrides user.password; a plain name needs one). authorized_keys is ignored (no
+        sshd). Returns the home directory. Works before and after start()."""
+        name = user if isinstance(user, str) else user.name
+        if password is None:
+            password = getattr(user, "password", None)
+        if password is None:
+            raise HarnessError("backend %s: no password for %s" % (self.name, name))
+        home = os.path.join(self.home_dir, name)
+        os.makedirs(home, exist_ok=True)
+        os.chmod(home, 0o755)
+        marker = os.path.join(home, "BACKEND")
+        with open(marker, "w") as f:
+            f.write(self.name + "\n")
+        try:      # the files belong to the system user when there is one, as on vsftpd
+            pw = pwd.getpwnam(name)
+            os.chown(home, pw.pw_uid, pw.pw_gid)
+            os.chown(marker, pw.pw_uid, pw.pw_gid)
+        except KeyError:
+            pass
+        self._users[name] = {"password": password, "home": home, "perm": PYFTPD_FULL_PERM}
+        self._write_json(self.users_file, self._users)
+        return home
+
+    def _ready(self):
+        try:
+            with open(self.ready_file) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return st if self.proc is not None and st.get("pid") == self.proc.pid else None
+
+    def _fail(self, what):
+        msg = "backend %s (pyftpdlib): %s\n--- %s (tail) ---\n%s" % (self.name, what, self.log,
+                                                                    tail(self.log, 20))
+        self.stop()
+        raise HarnessError(msg)
+
+    def start(self):
+        """Start the server (no-op when it runs). Returns self."""
+        if self.is_running():
+            return self
+        self.stop()
+        for d in (self.basedir, self.home_dir, self.logdir):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+        if self.pasv_range is None:
+            self.pasv_range = free_port_range(PYFTPD_PASV_PORTS, host=self.address)
+        self._write_json(self.users_file, self._users)
+        if os.path.exists(self.ready_file):
+            os.unlink(self.ready_file)
+        self._write_json(self.conf_path, {
+            "name": self.name, "address": self.address, "port": 0,
+            "passive_ports": list(self.pasv_range), "masquerade_address": self.address,
+            "users_file": self.users_file, "ready_file": self.ready_file,
+            "log_level": self.log_level, "parent_pid": os.getpid()})
+        self.exit_status = None
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([PYTHON, PYFTPD_SERVER, self.conf_path],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True, close_fds=True, cwd="/")
+        st = wait_until(lambda: self._ready() or self.proc.poll() is not None, START_TIMEOUT)
+        if not isinstance(st, dict):
+            self._fail("not listening within %ss (exit status %s)"
+                       % (START_TIMEOUT, self.proc.poll()))
+        self.ftp_port = st["port"]
+        if not wait_port(self.ftp_port, self.address, timeout=START_TIMEOUT,
+                         alive=lambda: self.pid is not None):
+            self._fail("does not accept on %s:%d" % (self.address, self.ftp_port))
+        return self
+
+    def stop(self):
+        """SIGTERM the server, wait, SIGKILL after PYFTPD_STOP_TIMEOUT; then make sure nothing
+        of its session is left. Returns its exit status (None if it never ran). Idempotent."""
+        p = self.proc
+        if p is None:
+            return self.exit_status
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(PYFTPD_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        self.exit_status = p.returncode
+        self.proc = None
+        left = _pids_in_session(p.pid)
+        for pid in left:
+            kill_wait(pid, 2.0)
+        left = [pid for pid in left if pid_alive(pid)]
+        if left:
+            raise HarnessError("backend %s (pyftpdlib): processes survive stop: %s"
+                               % (self.name, left))
+        if self.ftp_port:
+            wait_until(lambda: port_is_free(self.ftp_port, self.address), 5)
+        return self.exit_status
 
     def __enter__(self):
         return self.start()

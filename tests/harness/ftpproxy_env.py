@@ -14,7 +14,13 @@ vsftpd, users with passwords routed to web1, the pgsql hook), plus for FTP:
     (the load test keeps 200 sessions with a data connection open at once);
   - the ftp section of /tmp/dp-briefs/ftpproxy-contract.md (DEFAULT_FTP_CONF, overridable
     with ftp_conf={...}; edit env.conf and call env.restart_proxy() to change it) and
-    build/ftpproxy/ftpproxy running under daemon.Daemon.
+    build/ftpproxy/ftpproxy running under daemon.Daemon;
+  - with pyftpd=("py1", ...): more backends served by pyftpdlib (backends.PyFtpdBackend on
+    PYFTPD_ADDRESS; RFC 3659 MLSD/MLST, which vsftpd lacks), with the users and a route row.
+
+    f = env.ftp(u, mode="EPRT", encoding="utf-8")  # a ModeFTP: f.mlsd(), f.retrbinary()...
+    d = env.direct("py1", u, mode="EPRT")          #   in that data mode, here straight to py1
+    c = env.raw(user=u); c.cmd("MLST x")           # RawControl: replies as the exact bytes
 
 Every client call has a timeout: ftplib sockets carry one, lftp and curl run under run_cmd
 (killed at the deadline, a Result either way), so a hanging proxy is a failed check.
@@ -33,6 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dpenv  # noqa: E402
+from backends import PyFtpdBackend, pyftpdlib_missing  # noqa: E402
 from proxy_env import BUILD, ProxyEnv, run_cmd  # noqa: E402
 
 FTPPROXY = os.path.join(BUILD, "ftpproxy", "ftpproxy")
@@ -40,6 +47,7 @@ PASV_PORTS = 300
 HOST = "127.0.0.1"
 MODES = ("PASV", "EPSV", "PORT", "EPRT")
 TIMEOUT = 15.0            # ftplib control and data sockets
+PYFTPD_ADDRESS = "127.0.0.4"   # where the pyftpdlib backends listen (FtpProxyEnv(pyftpd=...))
 
 DEFAULT_FTP_CONF = {
     "greeting": "dynproxy-e2e FTP proxy ready",
@@ -203,6 +211,96 @@ def data_transfer(f, mode, cmd, upload=None, rest=None, data_source=None, timeou
     return x
 
 
+class ModeFTP(ftplib.FTP):
+    """ftplib.FTP whose own transfer methods (mlsd, retrbinary, storbinary, nlst, ...) open
+    their data connection in one chosen mode: set_mode("PASV" | "EPSV" | "PORT" | "EPRT").
+    Plain ftplib picks PASV/PORT for IPv4 and EPSV/EPRT only for IPv6, and binds its PORT
+    listener on every address; here the listener is on the control connection's local
+    address, and the 227 address is used as given (trust_server_pasv_ipv4_address), so a
+    wrong address in a reply is a failed transfer, not a silent fix-up."""
+
+    mode = "EPSV"
+    trust_server_pasv_ipv4_address = True
+
+    def set_mode(self, mode):
+        if mode not in MODES:
+            raise ValueError("mode %r not in %s" % (mode, MODES))
+        self.mode = mode
+        self.passiveserver = mode in ("PASV", "EPSV")
+
+    def makepasv(self):
+        if self.mode == "PASV":
+            return ftplib.parse227(self.sendcmd("PASV"))
+        return ftplib.parse229(self.sendcmd("EPSV"), self.sock.getpeername())
+
+    def makeport(self):
+        local = self.sock.getsockname()[0]
+        sock = socket.create_server((local, 0), backlog=1)
+        port = sock.getsockname()[1]
+        try:
+            if self.mode == "EPRT":
+                self.voidcmd("EPRT |1|%s|%d|" % (local, port))
+            else:
+                self.voidcmd("PORT %s,%d,%d" % (local.replace(".", ","), port >> 8, port & 255))
+        except BaseException:
+            sock.close()
+            raise
+        if self.timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+            sock.settimeout(self.timeout)
+        return sock
+
+
+class RawControl:
+    r"""A control connection that keeps every byte: replies come back as the exact bytes the
+    server (or the proxy) sent, CRLFs and all (ftplib rewrites line ends).
+
+        c = RawControl(host, port); c.greeting; c.login(user, password)
+        c.cmd(b"MLST x") -> b"250-...\r\n ...\r\n250 End MLST.\r\n"
+    """
+
+    def __init__(self, host, port, timeout=TIMEOUT):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.greeting = self.read_reply()
+
+    def read_reply(self):
+        """One whole reply (RFC 959 §4.2: a multi-line one ends at "<same code> "): bytes."""
+        out = b""
+        code3 = None
+        while True:
+            while b"\r\n" not in self.buf:
+                b = self.sock.recv(65536)
+                if not b:
+                    raise EOFError("connection closed after %r" % (out + self.buf))
+                self.buf += b
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            out += line + b"\r\n"
+            if code3 is None:
+                code3 = line[:3]
+                if line[3:4] != b"-":
+                    return out
+            elif line[:3] == code3 and line[3:4] == b" ":
+                return out
+
+    def cmd(self, line):
+        """Send one command (str or bytes, no CRLF); its reply's bytes."""
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.sock.sendall(line + b"\r\n")
+        return self.read_reply()
+
+    def login(self, user, password):
+        """USER/PASS; the PASS reply's bytes."""
+        self.cmd("USER " + user)
+        return self.cmd("PASS " + password)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
 class FtpProxyEnv(ProxyEnv):
     NAME = "ftpproxy"
     BINARY = FTPPROXY
@@ -212,9 +310,24 @@ class FtpProxyEnv(ProxyEnv):
     DEFAULT_CONF = DEFAULT_FTP_CONF
     PREFIX = "dpt-ftpp-"
 
-    def __init__(self, nusers=3, ftp_conf=None, **kw):
-        """ftp_conf: keys of the ftp section over DEFAULT_FTP_CONF (then env.conf)."""
+    def __init__(self, nusers=3, ftp_conf=None, pyftpd=(), **kw):
+        """ftp_conf: keys of the ftp section over DEFAULT_FTP_CONF (then env.conf).
+        pyftpd: names of extra backends served by pyftpdlib (backends.PyFtpdBackend, on
+        PYFTPD_ADDRESS) beside web1/web2: every user gets a home and a login there, and each
+        has a dynproxy.backends row (env.move(user, name) routes a user to it)."""
         super().__init__(nusers, ftp_conf, **kw)
+        self.pyftpd = tuple(pyftpd)
+
+    @classmethod
+    def preflight_pyftpd(cls, check, name):
+        """preflight() plus a working pyftpdlib for /usr/bin/python3."""
+        if not cls.preflight(check, name):
+            return False
+        missing = pyftpdlib_missing()
+        if missing:
+            check(False, missing)
+            return False
+        return True
 
     # ---- setup hooks ---------------------------------------------------------------------
     def _prepare(self):
@@ -227,6 +340,17 @@ class FtpProxyEnv(ProxyEnv):
     def _backend_kwargs(self, name):
         return {"pasv_range": dpenv.free_port_range(PASV_PORTS)}
 
+    def _extra_backends(self):
+        return [PyFtpdBackend(name, os.path.join(self.tmp, name), address=PYFTPD_ADDRESS)
+                for name in self.pyftpd]
+
+    @property
+    def host(self):
+        """Where the "proxy" listens (the self-test backend's address in self-test)."""
+        if self.selftest:
+            return getattr(self.backends[self.selftest], "address", HOST)
+        return HOST
+
     @property
     def pasv_range(self):
         """(lo, hi) of the passive ports the "proxy" hands out (a backend's in self-test)."""
@@ -235,14 +359,20 @@ class FtpProxyEnv(ProxyEnv):
         return (self.conf["passive_port_min"], self.conf["passive_port_max"])
 
     # ---- clients -------------------------------------------------------------------------
-    def ftp(self, user=None, password=None, source=None, port=None, timeout=TIMEOUT):
-        """An ftplib.FTP connected to the proxy (or `port`), from address `source` when given,
-        logged in when `user` is given (password None: the user's own). Raises ftplib errors
-        and OSError like ftplib does; every socket has `timeout`."""
-        f = ftplib.FTP(encoding="latin-1", timeout=timeout,
-                       source_address=(source, 0) if source else None)
+    def ftp(self, user=None, password=None, source=None, port=None, timeout=TIMEOUT,
+            host=None, mode=None, encoding="latin-1"):
+        """An ftplib.FTP connected to the proxy (or `host`:`port`), from address `source` when
+        given, logged in when `user` is given (password None: the user's own). mode: a
+        ModeFTP whose own transfers use that mode (PASV, EPSV, PORT, EPRT). Raises ftplib
+        errors and OSError like ftplib does; every socket has `timeout`."""
+        cls = ftplib.FTP if mode is None else ModeFTP
+        f = cls(encoding=encoding, timeout=timeout,
+                source_address=(source, 0) if source else None)
+        if mode is not None:
+            f.set_mode(mode)
         try:
-            f.connect(HOST, port or self.port, timeout=timeout)
+            f.connect(host or (self.host if port is None else HOST), port or self.port,
+                      timeout=timeout)
             if user is not None:
                 f.login(self._name(user), user.password if password is None else password)
         except BaseException:
@@ -250,9 +380,26 @@ class FtpProxyEnv(ProxyEnv):
             raise
         return f
 
-    def direct(self, backend, user=None, password=None, timeout=TIMEOUT):
-        """ftplib straight to a backend's vsftpd (no proxy)."""
-        return self.ftp(user, password, port=self.backends[backend].ftp_port, timeout=timeout)
+    def direct(self, backend, user=None, password=None, timeout=TIMEOUT, **kw):
+        """ftplib straight to a backend's FTP server (no proxy); kw as for ftp()."""
+        be = self.backends[backend]
+        return self.ftp(user, password, port=be.ftp_port, timeout=timeout,
+                        host=getattr(be, "address", HOST), **kw)
+
+    def raw(self, backend=None, user=None, timeout=TIMEOUT):
+        """A RawControl to the proxy (or straight to `backend`), logged in when user is
+        given (raises ftplib.error_perm when that fails)."""
+        if backend is None:
+            c = RawControl(self.host, self.port, timeout)
+        else:
+            be = self.backends[backend]
+            c = RawControl(getattr(be, "address", HOST), be.ftp_port, timeout)
+        if user is not None:
+            r = c.login(self._name(user), user.password)
+            if not r.startswith(b"230"):
+                c.close()
+                raise ftplib.error_perm(r.decode("latin-1").strip())
+        return c
 
     def url(self, path="", port=None):
         """ftp://127.0.0.1:<proxy port>/<path> (path relative to the login directory)."""
@@ -269,9 +416,10 @@ class FtpProxyEnv(ProxyEnv):
         return run_cmd(argv, env=self.client_env(), timeout=timeout, binary=binary)
 
     def lftp(self, user, script, password=None, passive=True, timeout=120, cwd=None,
-             port=None, settings=()):
-        """Real `lftp -c` logged in as user; script: the commands after `open`. Retries and
-        reconnects are capped so a failure ends quickly; returns a Result."""
+             port=None, settings=(), host=None):
+        """Real `lftp -c` logged in as user (at the proxy, or host:port); script: the commands
+        after `open`. Retries and reconnects are capped so a failure ends quickly; returns a
+        Result."""
         pw = user.password if password is None else password
         sets = ["set cmd:fail-exit yes", "set ftp:ssl-allow no",
                 "set ftp:passive-mode %s" % ("on" if passive else "off"),
@@ -279,7 +427,8 @@ class FtpProxyEnv(ProxyEnv):
                 "set net:reconnect-interval-base 1", "set net:reconnect-interval-max 2",
                 "set net:persist-retries 0", "set xfer:clobber on"] + list(settings)
         cmds = "; ".join(sets + ["open -u %s,%s -p %d %s" % (self._name(user), pw,
-                                                               port or self.port, HOST),
+                                                               port or self.port,
+                                                               host or HOST),
                                  script])
         return run_cmd(["lftp", "-c", cmds], env=self.client_env(), timeout=timeout, cwd=cwd)
 

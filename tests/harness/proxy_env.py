@@ -12,8 +12,8 @@ ProxyEnv builds, under one temp dir and torn down by __exit__:
     sets self.keydir), a home on both backends, routed to web1 in dynproxy.users;
   - the daemon's config (common keys, the pgsql hook, then the subclass's section) and the
     daemon itself under daemon.Daemon.
-Subclasses fill in the protocol: the hooks _prepare, _backend_kwargs, _add_user,
-_extra_sql, _section_conf, _after_start.
+Subclasses fill in the protocol: the hooks _prepare, _backend_kwargs, _extra_backends,
+_add_user, _extra_sql, _section_conf, _after_start.
 
 Self-check of the client side of the tests: when the environment variable SELFTEST_VAR names
 a backend (e.g. DP_FTPPROXY_SELFTEST=web1), no daemon is started and env.port is that
@@ -278,6 +278,11 @@ class ProxyEnv:
         """Hook: extra Backend() arguments for backend `name`."""
         return {}
 
+    def _extra_backends(self):
+        """Hook: more backends (objects like backends.Backend, not started yet) beside
+        BACKENDS; they get the users and a dynproxy.backends row like the others."""
+        return []
+
     def _add_user(self, user):
         """Hook: give a new user what it needs on every backend."""
         for be in self.backends.values():
@@ -304,6 +309,9 @@ class ProxyEnv:
         for name in BACKENDS:
             self.backends[name] = Backend(name, os.path.join(self.tmp, name),
                                           **self._backend_kwargs(name)).start()
+        for be in self._extra_backends():
+            self.backends[be.name] = be      # before start(): close() stops it either way
+            be.start()
         for _ in range(self.nusers):
             u = create_user("dpt_" + secrets.token_hex(4), keydir=self.keydir)
             self.users.append(u)
@@ -311,10 +319,10 @@ class ProxyEnv:
 
         sql = []
         for be in self.backends.values():
-            sql.append("INSERT INTO dynproxy.backends (name, address, ssh_port, ftp_port, "
-                       "hostkey_sha256) VALUES (%s, '127.0.0.1', %d, %d, %s);"
-                       % (sql_literal(be.name), be.ssh_port, be.ftp_port,
-                          sql_literal(be.ssh_hostkey_sha256)))
+            row = be.route_row()
+            sql.append("INSERT INTO dynproxy.backends (%s) VALUES (%s);"
+                       % (", ".join(row), ", ".join(str(v) if isinstance(v, int) else
+                                                    sql_literal(v) for v in row.values())))
         for u in self.users:
             sql.append("INSERT INTO dynproxy.users (username, backend) VALUES (%s, 'web1');"
                        % sql_literal(u.name))
