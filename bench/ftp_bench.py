@@ -525,7 +525,8 @@ class Bench:
         self.env = FtpProxyEnv(nusers=a.users, workers=a.workers, prefix="dpb-ftp-",
                                ftp_conf={"max_sessions_per_ip": a.sessions + 1000,
                                          "max_sessions": a.sessions + 1000,
-                                         "idle_timeout_s": 3600})
+                                         "idle_timeout_s": 3600,
+                                         "data_sndbuf": a.data_sndbuf})
         self.env.__enter__()
         self.be = self.env.backends["web1"]
         self.users = self.env.users
@@ -846,9 +847,10 @@ class Bench:
             m["nproc"], m["cpu_model"], m["mem_total_gib"] and "%.0f GiB" % m["mem_total_gib"],
             m["kernel"], m.get("vsftpd") or "vsftpd ?", R.get("proftpd_version") or "no ProFTPD")]
         src = R.get("source") or {}
-        lines.append("source %s%s, ftpproxy workers %d, load average at start %s" % (
-            src.get("commit", "?"), " (+ uncommitted changes)" if src.get("dirty") else "",
-            a.workers, m.get("loadavg_at_start")))
+        lines.append("source %s%s, ftpproxy workers %d, ftp.data_sndbuf %d, load average at "
+                     "start %s" % (src.get("commit", "?"),
+                                   " (+ uncommitted changes)" if src.get("dirty") else "",
+                                   a.workers, a.data_sndbuf, m.get("loadavg_at_start")))
         for name in paths:
             if self.servers.get(name) and self.servers[name].missing:
                 lines.append("%s: %s" % (name, self.servers[name].missing))
@@ -964,6 +966,8 @@ def main():
     ap.add_argument("--xfer-timeout", type=float, default=0,
                     help="seconds per transfer (default max(120, size / 4 MB/s))")
     ap.add_argument("--workers", type=int, default=2, help="ftpproxy worker threads")
+    ap.add_argument("--data-sndbuf", type=int, default=0,
+                    help="ftpproxy's ftp.data_sndbuf (0 = its default, kernel autotuning)")
     ap.add_argument("--users", type=int, default=4, help="test accounts (sessions spread)")
     ap.add_argument("--paths", default=",".join(PATHS), help="direct,ftpproxy,proftpd")
     ap.add_argument("--only", default="transfer,login,idle",
@@ -1001,6 +1005,7 @@ def main():
                          "repeat": args.repeat, "modes": args.modes, "clients": args.clients,
                          "login_secs": args.login_secs, "sessions": args.sessions,
                          "batch": args.batch, "workers": args.workers, "phases": phases,
+                         "data_sndbuf": args.data_sndbuf,
                          "password_hash": args.password_hash,
                          "paths": args.paths, "build_dir": args.build_dir}
     b.results["targets"] = TARGETS

@@ -40,6 +40,7 @@ typedef struct ftpp_conf {
     int connect_timeout_ms;
     int max_sessions, max_sessions_per_ip;
     int transfer_buffer;
+    int data_sndbuf; /* SO_SNDBUF of a transfer's destination socket; 0 = kernel autotuning */
     bool backend_passive;
     bool backend_ignore_pasv_address;
     int auth_fail_delay_ms;

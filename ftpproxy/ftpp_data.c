@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -503,6 +504,26 @@ static void pump_done(ftpp_pump *p, int status)
         release_held(s);
 }
 
+/* A fixed send buffer instead of autotuning: fewer wake-ups per byte when it is large (see
+ * docs/performance.md), more when net.core.wmem_max caps it below what autotuning reaches. */
+static void set_sndbuf(ftpp_sess *s, int fd, int bytes)
+{
+    static atomic_bool capped_logged;
+    int got = 0;
+    socklen_t len = sizeof got;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) {
+        dp_slog_warn(s->prefix, "ftp.data_sndbuf: %s", strerror(errno));
+        return;
+    }
+    /* The kernel doubles the request (bookkeeping) and caps it at net.core.wmem_max. */
+    if (got / 2 < bytes && !atomic_exchange(&capped_logged, true))
+        dp_slog_warn(s->prefix,
+                     "ftp.data_sndbuf %d is capped to %d by net.core.wmem_max; raise the "
+                     "sysctl or set the key to 0 (autotuning)",
+                     bytes, got / 2);
+}
+
 static void start_pump(ftpp_sess *s)
 {
     ftpp_xfer *x = s->xfer;
@@ -516,6 +537,8 @@ static void start_pump(ftpp_sess *s)
     p->activity_ms = &s->activity_ms;
     int src = x->dir == XD_UP ? x->cfd : x->bfd, dst = x->dir == XD_UP ? x->bfd : x->cfd;
     x->cfd = x->bfd = -1;
+    if (cf->data_sndbuf > 0)
+        set_sndbuf(s, dst, cf->data_sndbuf);
     ftpp_sess_ref(s);
     int rc =
         ftpp_pump_start(p, dp_worker_loop(s->w), src, dst, (size_t)cf->transfer_buffer, pump_done);

@@ -59,6 +59,9 @@ static const dp_conf_entry ftpp_entries[] = {
      NULL, "concurrent sessions per client address"},
     {"ftp.transfer_buffer", DP_CONF_INT, OFF(transfer_buffer), "1048576", 65536, 67108864, R, NULL,
      NULL, "bytes in flight inside the proxy per transfer (splice pipe size)"},
+    {"ftp.data_sndbuf", DP_CONF_INT, OFF(data_sndbuf), "0", 0, 67108864, R, NULL, NULL,
+     "SO_SNDBUF of the socket a transfer writes to (0 = kernel autotuning; capped by "
+     "net.core.wmem_max)"},
     {"ftp.backend_passive", DP_CONF_BOOL, OFF(backend_passive), "true", 0, 0, R, NULL, NULL,
      "passive mode toward backends (EPSV, then PASV); false = active (EPRT, then PORT)"},
     {"ftp.backend_ignore_pasv_address", DP_CONF_BOOL, OFF(backend_ignore_pasv_address), "false", 0,

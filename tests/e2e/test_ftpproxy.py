@@ -3,7 +3,7 @@
 
 Private PostgreSQL with the default schema, backends web1 and web2 (vsftpd), the pgsql hook,
 build/ftpproxy/ftpproxy, real clients: Python ftplib, curl, lftp (fixture:
-tests/harness/ftpproxy_env.py; behaviour: /tmp/dp-briefs/ftpproxy-contract.md). Sections,
+tests/harness/ftpproxy_env.py; behaviour: docs/ftpproxy.md). Sections,
 each a list of checks that can fail:
 
    1 greeting and the commands before login (FEAT SYST NOOP HOST OPTS AUTH QUIT, PASS before
@@ -31,7 +31,9 @@ each a list of checks that can fail:
      SIGTERM with a session open
   16 backend_passive = false (EPRT/PORT toward the backend) under the four client modes
   17 a passive range of 10 ports serves 40 downloads in a row (ports reusable at once)
-  18 (final, implicit) SIGTERM: ftpproxy exits 0
+  18 ftp.data_sndbuf: the RETR socket's send buffer is the configured size; a value over
+     net.core.wmem_max is capped with one warning; sha256 equal either way
+  19 (final, implicit) SIGTERM: ftpproxy exits 0
 
 Run by ctest (label e2e) or directly as root:
     PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_ftpproxy.py [section numbers...]
@@ -41,7 +43,9 @@ DP_FTPPROXY_SELFTEST=web1 runs the client side against web1's vsftpd (see ftppro
 import ftplib
 import hashlib
 import os
+import re
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -1026,6 +1030,74 @@ def t_passive_reuse(env):
         env.restart_proxy()
 
 
+# ---- 18 ftp.data_sndbuf -------------------------------------------------------------------------
+def sndbufs_toward(port):
+    """The send buffer sizes (skmem tb) of this host's TCP sockets whose peer port is `port`."""
+    out = subprocess.run(["ss", "-tmnH", "dst", "127.0.0.1:%d" % port], stdout=subprocess.PIPE,
+                         text=True, timeout=10).stdout
+    return [int(t) for t in re.findall(r"\btb(\d+)", out)]
+
+
+def t_data_sndbuf(env):
+    """ftp.data_sndbuf: the RETR socket toward the client gets exactly that send buffer (the
+    kernel doubles it), a value over net.core.wmem_max is capped with one warning, and the
+    bytes are right either way."""
+    u = env.users[0]
+    saved = dict(env.conf)
+    wmem_max = int(dpenv.read_text("/proc/sys/net/core/wmem_max"))
+    data = env.put_random("web1", u, "sndbuf.bin", 8 * MiB + 3)
+    try:
+        want = min(262144, wmem_max)
+        env.conf["data_sndbuf"] = want
+        env.restart_proxy()
+        f = env.ftp(u)
+        try:
+            reply(f, "TYPE I")
+            f.set_pasv(True)
+            conn = f.transfercmd("RETR sndbuf.bin")
+            # Not reading yet: the proxy's socket toward us fills and stays open.
+            seen = dpenv.wait_until(lambda: sndbufs_toward(conn.getsockname()[1]), 5) or []
+            got = bytearray()
+            while True:
+                b = conn.recv(1 << 20)
+                if not b:
+                    break
+                got += b
+            conn.close()
+            r = f.voidresp()
+            check(seen == [2 * want], "data_sndbuf = %d: the proxy's RETR socket toward the client "
+                  "has a %d-byte send buffer (ss: %s)" % (want, 2 * want, seen))
+            check(r.startswith("226") and sha(bytes(got)) == sha(data),
+                  "data_sndbuf = %d: RETR 8 MiB sha256 equal, 226" % want, r)
+        finally:
+            close_ftp(f)
+
+        over = min(2 * wmem_max, 67108864)
+        if over > wmem_max:
+            env.conf["data_sndbuf"] = over
+            env.restart_proxy()
+            at = env.log_offset()
+            f = env.ftp(u)
+            try:
+                reply(f, "TYPE I")
+                for mode in ("EPSV", "PASV"):
+                    x = data_transfer(f, mode, "RETR sndbuf.bin")
+                    check(x.ok and sha(x.data) == sha(data),
+                          "data_sndbuf = %d (over wmem_max %d), %s: RETR sha256 equal"
+                          % (over, wmem_max, mode), x)
+            finally:
+                close_ftp(f)
+            text = env.log()[at:]
+            check(text.count("is capped to %d by net.core.wmem_max" % wmem_max) == 1,
+                  "a value over net.core.wmem_max is reported once: "
+                  "'ftp.data_sndbuf %d is capped to %d'" % (over, wmem_max),
+                  [ln for ln in text.splitlines() if "data_sndbuf" in ln])
+    finally:
+        env.conf.clear()
+        env.conf.update(saved)
+        env.restart_proxy()
+
+
 TESTS = [
     ("1 pre-login", t_prelogin),
     ("2 login", t_login),
@@ -1044,6 +1116,7 @@ TESTS = [
     ("15 limits", t_limits),
     ("16 backend active", t_backend_active),
     ("17 passive port reuse", t_passive_reuse),
+    ("18 data_sndbuf", t_data_sndbuf),
 ]
 
 
