@@ -240,8 +240,9 @@ struct sshp_conn {
     unsigned nglobals;
     const char *abuse;      /* set by a callback: the peer broke the protocol; end the connection */
     unsigned auth_requests; /* every auth request, answered by us or not (flood bound) */
-    uv_timer_t chan_timer;  /* the nearest channel close deadline (sshp_channels_progress) */
-    bool chan_timer_open;
+    uv_timer_t repump_timer; /* pumps again: at the nearest channel close deadline, or on the
+                              * next loop turn when a pump ran out of rounds with work left */
+    bool repump_timer_open;
 
     /* end */
     char reason[160];
@@ -287,8 +288,8 @@ void sshp_conn_kick(sshp_conn *c, const char *reason);
 void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *kick,
                         dp_session_list *out);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
-/* Pump the connection again in `ms` (0: cancel); channel deadlines expire without traffic. */
-void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms);
+/* Pump the connection again in `ms` (0: cancel): channel deadlines expire without traffic. */
+void sshp_conn_repump_in(sshp_conn *c, uint64_t ms);
 void sshp_conn_maybe_free(sshp_conn *c);
 void sshp_conn_notify_hook(sshp_conn *c, bool end);
 /* uv_close with the connection's counting close callback (the memory outlives the handle). */

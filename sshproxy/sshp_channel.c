@@ -18,8 +18,11 @@
 #include "sshp.h"
 
 #define MAX_PAIRS 128
-#define MAX_REQS 64    /* queued channel requests per channel */
-#define MAX_GLOBALS 16 /* queued global requests per connection */
+/* Requests wait for their turn so that replies go back in order; a client that queues more
+ * than this is not waiting for answers (OpenSSH sends one -R per forward at once, so the
+ * global queue is sized for that) and its connection ends. */
+#define MAX_REQS 64     /* queued channel requests per channel */
+#define MAX_GLOBALS 256 /* queued global requests per connection */
 /* A peer that respects the window never offers more than libssh's ~1.9 MB per stream; far
  * more means it ignores flow control (libssh accepts such data anyway). */
 #define HARD_CAP (16u << 20)
@@ -181,10 +184,23 @@ static void enqueue(sshp_pair *p, sshp_req *r)
     p->reqs_tail = &r->next;
 }
 
+/* A new queue entry, or NULL with the connection marked to end (over the cap, or no memory:
+ * refusing at once would overtake the replies still due). */
+static sshp_req *req_new(sshp_pair *p)
+{
+    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
+    if (r == NULL) {
+        p->conn->abuse =
+            p->nreqs < MAX_REQS ? "out of memory" : "too many pending channel requests";
+        p->conn->pump_again = true;
+    }
+    return r;
+}
+
 static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
 {
     sshp_pair *p = ud;
-    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
+    sshp_req *r = req_new(p);
     if (r == NULL)
         return;
     r->kind = REQ_SIGNAL;
@@ -196,7 +212,7 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
 static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
 {
     sshp_pair *p = ud;
-    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
+    sshp_req *r = req_new(p);
     if (r == NULL)
         return;
     /* libssh has already said yes to the client; the backend is asked in turn, and the
@@ -386,10 +402,23 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
         ssh_message_free(m);
         return;
     }
-    sshp_req *r = p->nreqs < MAX_REQS ? calloc(1, sizeof *r) : NULL;
+    if (ssh_message_subtype(m) == SSH_CHANNEL_REQUEST_WINDOW_CHANGE && p->reqs != NULL) {
+        /* A terminal dragged to a new size sends a burst; only the last size matters, and
+         * window-change wants no reply, so a queued one (never in flight: it is sent in one
+         * call) takes the new size. */
+        sshp_req *last = p->reqs;
+        while (last->next != NULL)
+            last = last->next;
+        if (last->kind == REQ_WINDOW_CHANGE) {
+            last->cols = ssh_message_channel_request_pty_width(m);
+            last->rows = ssh_message_channel_request_pty_height(m);
+            ssh_message_free(m);
+            return;
+        }
+    }
+    sshp_req *r = req_new(p);
     if (r == NULL) {
-        ssh_message_reply_default(m);
-        ssh_message_free(m);
+        ssh_message_free(m); /* the connection ends: no reply out of turn */
         return;
     }
     r->msg = m;
@@ -530,6 +559,12 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
         return;
     int is_stderr = stream == ST_B2C_ERR;
     int avail = ssh_channel_poll(src, is_stderr);
+    if (avail <= 0 && stream == ST_C2B) {
+        /* The client's extended data shares this staging (c_data): its leftovers wait in
+         * libssh's other stream. */
+        is_stderr = 1;
+        avail = ssh_channel_poll(src, is_stderr);
+    }
     if (avail <= 0) {
         p->leftover[stream] = false;
         return;
@@ -545,7 +580,7 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
     int n = ssh_channel_read_nonblocking(src, dst, (uint32_t)k, is_stderr);
     if (n > 0)
         p->st[stream].len += (size_t)n;
-    if ((size_t)avail <= k)
+    if ((size_t)avail <= k && stream != ST_C2B) /* C2B: cleared once both streams are empty */
         p->leftover[stream] = false;
 }
 
@@ -650,14 +685,16 @@ static void pair_free(sshp_conn *c, sshp_pair *p)
 void sshp_global_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
-    sshp_global *g = NULL;
-    if ((sub == SSH_GLOBAL_REQUEST_TCPIP_FORWARD ||
-         sub == SSH_GLOBAL_REQUEST_CANCEL_TCPIP_FORWARD) &&
-        c->nglobals < MAX_GLOBALS)
-        g = calloc(1, sizeof *g);
-    if (g == NULL) {
+    if (sub != SSH_GLOBAL_REQUEST_TCPIP_FORWARD && sub != SSH_GLOBAL_REQUEST_CANCEL_TCPIP_FORWARD) {
+        /* libssh answers keepalive and unknown requests itself; nothing else is queued. */
         ssh_message_reply_default(m);
         ssh_message_free(m);
+        return;
+    }
+    sshp_global *g = c->nglobals < MAX_GLOBALS ? calloc(1, sizeof *g) : NULL;
+    if (g == NULL) {
+        c->abuse = c->nglobals < MAX_GLOBALS ? "out of memory" : "too many pending global requests";
+        ssh_message_free(m); /* the connection ends: no reply out of turn */
         return;
     }
     g->msg = m;
@@ -768,7 +805,7 @@ void sshp_channels_progress(sshp_conn *c)
                 next_deadline = wait;
         }
     }
-    sshp_conn_arm_chan_timer(c, next_deadline);
+    sshp_conn_repump_in(c, next_deadline);
     /* Free finished pairs here, never inside a libssh callback. */
     for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
         sshp_pair *p = *pp;

@@ -105,21 +105,21 @@ void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms)
     }
 }
 
-static void on_chan_timer(uv_timer_t *t)
+static void on_repump_timer(uv_timer_t *t)
 {
     sshp_conn_pump(t->data);
 }
 
-void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
+void sshp_conn_repump_in(sshp_conn *c, uint64_t ms)
 {
-    if (!c->chan_timer_open)
+    if (!c->repump_timer_open)
         return;
     if (ms == 0) {
-        uv_timer_stop(&c->chan_timer);
+        uv_timer_stop(&c->repump_timer);
         return;
     }
     uv_update_time(dp_worker_loop(c->w));
-    uv_timer_start(&c->chan_timer, on_chan_timer, ms, 0);
+    uv_timer_start(&c->repump_timer, on_repump_timer, ms, 0);
 }
 
 /* ---- polls ---- */
@@ -296,6 +296,10 @@ void sshp_conn_pump(sshp_conn *c)
     c->in_pump = false;
     if (c->state == CONN_DEAD)
         return;
+    /* Out of rounds with work left (a budget ran out, or the connection began closing): what
+     * is left may already sit in libssh's buffers, where no poll event will announce it. */
+    if (c->pump_again && c->repump_timer_open)
+        uv_timer_start(&c->repump_timer, on_repump_timer, 0, 0);
     arm_poll(c, &c->cpoll, &c->cpoll_open, c->cs);
     if (c->be >= BE_HANDSHAKE)
         arm_poll(c, &c->bpoll, &c->bpoll_open, c->bs);
@@ -361,6 +365,8 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
     sshp_conn_arm_timer(c, CLOSE_FLUSH_MS);
     if (!c->in_pump)
         sshp_conn_pump(c);
+    else
+        c->pump_again = true; /* the CLOSING step must run even if no I/O event ever comes */
 }
 
 void sshp_conn_kick(sshp_conn *c, const char *reason)
@@ -471,7 +477,7 @@ static void conn_end(sshp_conn *c)
     sshp_conn_close_handle(c, (uv_handle_t *)&c->cpoll, &c->cpoll_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->repump_timer, &c->repump_timer_open);
     sshp_conn_maybe_free(c);
 }
 
@@ -526,9 +532,9 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->fail_timer.data = c;
     c->fail_timer_open = true;
     c->open_handles++;
-    uv_timer_init(loop, &c->chan_timer);
-    c->chan_timer.data = c;
-    c->chan_timer_open = true;
+    uv_timer_init(loop, &c->repump_timer);
+    c->repump_timer.data = c;
+    c->repump_timer_open = true;
     c->open_handles++;
 
     c->cs = ssh_new();
