@@ -18,9 +18,10 @@ class Daemon:
 
     def start(self, timeout=10.0, expect_ready=True):
         self._log = open(self.logfile, "ab")
+        at = os.path.getsize(self.logfile)  # a restart appends: only this run's lines count
         self.proc = subprocess.Popen([self.binary, "-c", self.config], stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log)
-        if expect_ready and not dpenv.wait_until(lambda: "event=start" in self.log()
+        if expect_ready and not dpenv.wait_until(lambda: b"event=start" in self._log_bytes(at)
                                                  or self.proc.poll() is not None, timeout):
             raise dpenv.HarnessError("%s did not start in %ss:\n%s"
                                      % (self.binary, timeout, dpenv.tail(self.logfile)))
@@ -32,6 +33,11 @@ class Daemon:
 
     def log(self):
         return dpenv.read_text(self.logfile)
+
+    def _log_bytes(self, at):
+        with open(self.logfile, "rb") as f:
+            f.seek(at)
+            return f.read()
 
     def wait_log(self, needle, timeout=5.0, after=0):
         """Wait until `needle` appears in the log past offset `after`; returns True/False."""
