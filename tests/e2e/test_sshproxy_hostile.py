@@ -70,7 +70,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from proxy_env import kill_group, vm_rss_kib  # noqa: E402
+from proxy_env import asan_small_quarantine, kill_group, rss_bound, vm_rss_kib  # noqa: E402
 from sshproxy_env import SshProxyEnv  # noqa: E402
 
 try:
@@ -662,8 +662,9 @@ def t_request_queues(env):
               "closed=%s disconnect=%r replies %s; %s"
               % (closed, f.disconnect, reply_summary(f.replies(kinds, fch.chanid)),
                  dpenv.tail(env.logfile, 6)))
-        check(grown < 32 * MiB, "proxy RSS while %s of requests arrived: +%s (< 32 MiB)"
-              % (mib(n * len(value)), mib(grown)))
+        bound = rss_bound(env.proxy_pid, 32 * MiB)
+        check(grown < bound, "proxy RSS while %s of requests arrived: +%s (< %s)"
+              % (mib(n * len(value)), mib(grown), mib(bound)))
         resumed(fpids)
         pings.append(echo(och, b"ping3\n"))
         check(pings[-1] == b"ping3\n",
@@ -884,8 +885,9 @@ def t_window(env):
                                       reason="peer ignores the channel window")) == 1,
               "the log says why: 'peer ignores the channel window' (warning and session_end)",
               dpenv.tail(env.logfile, 8))
-        check(grown < 48 * MiB, "proxy RSS during the abuse: +%s (< 48 MiB; HARD_CAP %s)"
-              % (mib(grown), mib(HARD_CAP)))
+        bound = rss_bound(env.proxy_pid, 48 * MiB)
+        check(grown < bound, "proxy RSS during the abuse: +%s (< %s; HARD_CAP %s)"
+              % (mib(grown), mib(bound), mib(HARD_CAP)))
         ok, secs, r = box.get("r", (False, 0, "no result"))
         check(ok and secs < 10, "a login during the abuse succeeds (%.2fs)" % secs, r)
         gch.sendall(b"ping2\n")
@@ -958,9 +960,10 @@ def t_no_close(env):
               and len(env.wait_events("session_end", after=mark, user=u1.name,
                                       reason="a peer did not close a channel")) == 1,
               "the log says why: 'a peer did not close a channel'", dpenv.tail(env.logfile, 8))
-        check(grown < 12 * MiB and dripped >= 16 * MiB,
+        bound = rss_bound(env.proxy_pid, 12 * MiB)
+        check(grown < bound and dripped >= 16 * MiB,
               "data sent on the half-closed channel is dropped: %s sent, proxy RSS +%s "
-              "(< 12 MiB)" % (mib(dripped), mib(grown)))
+              "(< %s)" % (mib(dripped), mib(grown), mib(bound)))
         on_time, took = ended_on_time(quiet, quiet_close)
         warned = re.search(r"user=%s .*ending the connection: a peer did not close a channel"
                            % re.escape(u2.name), env.log()[mark:])
@@ -1120,6 +1123,7 @@ def main(argv):
     # paramiko logs the resets this suite provokes; the checks say what matters
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
+    asan_small_quarantine()
     return SshProxyEnv.run_suite(check, "test_sshproxy_hostile", TESTS, argv, {"nusers": 3})
 
 

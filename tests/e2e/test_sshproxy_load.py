@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from proxy_env import kill_group, raise_nofile, vm_rss_kib  # noqa: E402
+from proxy_env import asan_process, kill_group, raise_nofile, vm_rss_kib  # noqa: E402
 from sshproxy_env import SshProxyEnv  # noqa: E402
 
 check = Checks()
@@ -41,14 +41,6 @@ BARRIER_TIMEOUT = 120.0
 
 def note(msg, *args):
     dpenv.log(msg, *args)
-
-
-def asan(pid):
-    try:
-        with open("/proc/%d/maps" % pid) as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False
 
 
 class Fifo:
@@ -105,7 +97,7 @@ def sample_rss(pid, seconds, interval=0.1):
 
 
 def rss_bound(env):
-    mib = RSS_BOUND_MIB * (2 if asan(env.proxy_pid) else 1)
+    mib = RSS_BOUND_MIB * (2 if asan_process(env.proxy_pid) else 1)
     return mib * 1024, mib
 
 

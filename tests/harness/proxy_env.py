@@ -128,6 +128,35 @@ def vm_rss_kib(pid):
     return None
 
 
+def asan_process(pid):
+    """True when pid runs with AddressSanitizer (the ASan suite of scripts/test)."""
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
+def rss_bound(pid, bound):
+    """`bound` (bytes of RSS growth a check allows) for this process: doubled, plus the
+    quarantine asan_small_quarantine() sets, under AddressSanitizer (redzones, shadow memory,
+    freed blocks held back)."""
+    return 2 * bound + ASAN_QUARANTINE_MIB * (1 << 20) if asan_process(pid) else bound
+
+
+ASAN_QUARANTINE_MIB = 16
+
+
+def asan_small_quarantine():
+    """For suites that bound the daemon's RSS: ASan keeps up to 256 MiB of freed memory in
+    its quarantine by default and returns freed pages to the system only when asked, both of
+    which would count as the daemon's. Call before starting it."""
+    if "ASAN_OPTIONS" in os.environ:
+        os.environ["ASAN_OPTIONS"] += (":quarantine_size_mb=%d"
+                                       ":allocator_release_to_os_interval_ms=50"
+                                       % ASAN_QUARANTINE_MIB)
+
+
 def raise_nofile(want=8192):
     """Raise this process's open-files limit to min(want, hard) (load tests: many sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
