@@ -463,20 +463,20 @@ def reply_summary(types):
     return " ".join("%s%d" % (c, n) for c, n in out)
 
 
-def stopped(pids):
+def signal_all(pids, sig):
     for p in pids:
         try:
-            os.kill(p, signal.SIGSTOP)
+            os.kill(p, sig)
         except ProcessLookupError:
             pass
+
+
+def stopped(pids):
+    signal_all(pids, signal.SIGSTOP)
 
 
 def resumed(pids):
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    signal_all(pids, signal.SIGCONT)
 
 
 def session_sshd(user, before):

@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dpenv import (HarnessError, free_port, free_port_range, kill_wait, pid_alive,  # noqa: E402
-                   port_accepts, port_is_free, run, tail, wait_port, wait_until)
+                   port_accepts, port_is_free, proc_stat, run, tail, wait_port, wait_until)
 
 HOME_MOUNT = "/srv/dynproxy/home"
 START_TIMEOUT = 10.0
@@ -370,12 +370,8 @@ def pyftpdlib_missing():
 
 
 def _session_of(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read()
-    except OSError:
-        return None
-    return int(st[st.rfind(")") + 2:].split()[3])
+    st = proc_stat(pid)
+    return int(st[3]) if st is not None else None
 
 
 def _pids_in_session(sid):

@@ -176,14 +176,20 @@ def run(cmd, check=True, timeout=60, **kw):
     return r
 
 
-def pid_alive(pid):
-    """True when pid exists and is not a zombie."""
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             st = f.read()
     except OSError:
-        return False
-    return st[st.rfind(")") + 2:][:1] != "Z"
+        return None
+    return st[st.rfind(")") + 2:].split()
+
+
+def pid_alive(pid):
+    """True when pid exists and is not a zombie."""
+    st = proc_stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def kill_wait(pid, timeout=5.0):
