@@ -508,7 +508,7 @@ static void pump_done(ftpp_pump *p, int status)
  * docs/performance.md), more when net.core.wmem_max caps it below what autotuning reaches. */
 static void set_sndbuf(ftpp_sess *s, int fd, int bytes)
 {
-    static atomic_bool capped_logged;
+    static atomic_int capped_logged; /* the value last reported: once per value (reloads) */
     int got = 0;
     socklen_t len = sizeof got;
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) != 0 ||
@@ -517,7 +517,7 @@ static void set_sndbuf(ftpp_sess *s, int fd, int bytes)
         return;
     }
     /* The kernel doubles the request (bookkeeping) and caps it at net.core.wmem_max. */
-    if (got / 2 < bytes && !atomic_exchange(&capped_logged, true))
+    if (got / 2 < bytes && atomic_exchange(&capped_logged, bytes) != bytes)
         dp_slog_warn(s->prefix,
                      "ftp.data_sndbuf %d is capped to %d by net.core.wmem_max; raise the "
                      "sysctl or set the key to 0 (autotuning)",

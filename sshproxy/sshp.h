@@ -129,8 +129,8 @@ typedef struct sshp_pair {
     bool leftover[3]; /* a callback could not take everything: bytes wait in libssh */
     sshp_req *reqs, **reqs_tail;
     unsigned nreqs;
-    uint64_t closing_since_ms; /* entered PAIR_CLOSING */
-    uint64_t c_close_sent_ms;  /* our CLOSE to the client went out (its answer is due) */
+    uint64_t closing_since_ms;   /* entered PAIR_CLOSING */
+    uint64_t c_close_started_ms; /* first try to send our CLOSE to the client */
     /* what arrived, forwarded once the data before it is drained */
     bool c_eof, b_eof, c_closed, b_closed;
     bool c_eof_sent, b_eof_sent;
@@ -240,9 +240,12 @@ struct sshp_conn {
     unsigned nglobals;
     const char *abuse;      /* set by a callback: the peer broke the protocol; end the connection */
     unsigned auth_requests; /* every auth request, answered by us or not (flood bound) */
-    uv_timer_t repump_timer; /* pumps again: at the nearest channel close deadline, or on the
-                              * next loop turn when a pump ran out of rounds with work left */
-    bool repump_timer_open;
+    uv_timer_t chan_timer;  /* pumps again at the nearest channel close deadline */
+    bool chan_timer_open;
+    uv_idle_t next_turn; /* pumps again on the next loop turn: a pump ran out of rounds with
+                          * work left (an idle handle, not a 0 ms timer: libuv < 1.48 runs a
+                          * timer re-armed from its callback again before polling) */
+    bool next_turn_open;
 
     /* end */
     char reason[160];
@@ -289,7 +292,7 @@ void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *ki
                         dp_session_list *out);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
 /* Pump the connection again in `ms` (0: cancel): channel deadlines expire without traffic. */
-void sshp_conn_repump_in(sshp_conn *c, uint64_t ms);
+void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms);
 void sshp_conn_maybe_free(sshp_conn *c);
 void sshp_conn_notify_hook(sshp_conn *c, bool end);
 /* uv_close with the connection's counting close callback (the memory outlives the handle). */

@@ -578,8 +578,10 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
     if (dst == NULL)
         return;
     int n = ssh_channel_read_nonblocking(src, dst, (uint32_t)k, is_stderr);
-    if (n > 0)
+    if (n > 0) {
         p->st[stream].len += (size_t)n;
+        p->conn->pump_again = true; /* to flush it: no I/O event may come for these bytes */
+    }
     if ((size_t)avail <= k && stream != ST_C2B) /* C2B: cleared once both streams are empty */
         p->leftover[stream] = false;
 }
@@ -757,33 +759,35 @@ static uint64_t progress_closing(sshp_pair *p)
      * after the client's: an OpenSSH mux master closes as soon as EOF went both ways. sshd
      * holds its own CLOSE until the command has exited and its status is sent; so does the
      * proxy, up to the deadline (the client then sees no status, as if the backend died). */
-    bool hold = p->kind == PK_SESSION && p->bch != NULL && !p->b_closed && !late;
+    bool hold = p->kind == PK_SESSION && p->bch != NULL && !p->b_closed && !p->exit_sent && !late;
     if (!hold && !p->c_close_done && p->cch != NULL) {
+        if (p->c_close_started_ms == 0)
+            p->c_close_started_ms = now;
         if (p->kind == PK_SESSION)
             send_exit(p);
         p->c_close_done = close_channel(p->cch);
-        if (p->c_close_done)
-            p->c_close_sent_ms = now;
     }
     /* Freed only once each peer has closed too: a channel freed earlier lives on in libssh
      * without our callbacks, buffering whatever the peer keeps sending. A backend that holds
      * its CLOSE past the deadline (a command still running after the client left) is let go:
-     * libssh frees that channel when the CLOSE comes, and it gets no window meanwhile. */
+     * libssh sends our CLOSE if it is still due, frees the channel when the backend's comes,
+     * and grants it no window meanwhile. */
     bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
-    bool b_done = p->bch == NULL || (p->b_close_done && (p->b_closed || late));
+    bool b_done = p->bch == NULL || late || (p->b_close_done && p->b_closed);
     if (c_done && b_done) {
         p->state = PAIR_DONE;
         return 0;
     }
     /* What is left waits for I/O, for the deadline above, or for the client's answer. */
     uint64_t due = late ? 0 : p->closing_since_ms + PAIR_CLOSE_WAIT_MS;
-    if (p->c_close_done && !p->c_closed) {
-        /* A client that does not answer our CLOSE keeps buffering in libssh: cut it off. */
-        if (now - p->c_close_sent_ms >= PAIR_CLOSE_WAIT_MS) {
+    if (p->c_close_started_ms != 0 && !c_done) {
+        /* A client that neither takes our CLOSE (zero window) nor answers it keeps buffering
+         * in libssh: cut it off. */
+        if (now - p->c_close_started_ms >= PAIR_CLOSE_WAIT_MS) {
             c->abuse = "a peer did not close a channel";
             return 0;
         }
-        uint64_t answer_due = p->c_close_sent_ms + PAIR_CLOSE_WAIT_MS;
+        uint64_t answer_due = p->c_close_started_ms + PAIR_CLOSE_WAIT_MS;
         if (due == 0 || answer_due < due)
             due = answer_due;
     }
@@ -805,7 +809,7 @@ void sshp_channels_progress(sshp_conn *c)
                 next_deadline = wait;
         }
     }
-    sshp_conn_repump_in(c, next_deadline);
+    sshp_conn_arm_chan_timer(c, next_deadline);
     /* Free finished pairs here, never inside a libssh callback. */
     for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
         sshp_pair *p = *pp;

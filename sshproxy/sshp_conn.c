@@ -105,21 +105,27 @@ void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms)
     }
 }
 
-static void on_repump_timer(uv_timer_t *t)
+static void on_chan_timer(uv_timer_t *t)
 {
     sshp_conn_pump(t->data);
 }
 
-void sshp_conn_repump_in(sshp_conn *c, uint64_t ms)
+static void on_next_turn(uv_idle_t *h)
 {
-    if (!c->repump_timer_open)
+    uv_idle_stop(h);
+    sshp_conn_pump(h->data);
+}
+
+void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
+{
+    if (!c->chan_timer_open)
         return;
     if (ms == 0) {
-        uv_timer_stop(&c->repump_timer);
+        uv_timer_stop(&c->chan_timer);
         return;
     }
     uv_update_time(dp_worker_loop(c->w));
-    uv_timer_start(&c->repump_timer, on_repump_timer, ms, 0);
+    uv_timer_start(&c->chan_timer, on_chan_timer, ms, 0);
 }
 
 /* ---- polls ---- */
@@ -298,8 +304,8 @@ void sshp_conn_pump(sshp_conn *c)
         return;
     /* Out of rounds with work left (a budget ran out, or the connection began closing): what
      * is left may already sit in libssh's buffers, where no poll event will announce it. */
-    if (c->pump_again && c->repump_timer_open)
-        uv_timer_start(&c->repump_timer, on_repump_timer, 0, 0);
+    if (c->pump_again && c->next_turn_open)
+        uv_idle_start(&c->next_turn, on_next_turn);
     arm_poll(c, &c->cpoll, &c->cpoll_open, c->cs);
     if (c->be >= BE_HANDSHAKE)
         arm_poll(c, &c->bpoll, &c->bpoll_open, c->bs);
@@ -477,7 +483,8 @@ static void conn_end(sshp_conn *c)
     sshp_conn_close_handle(c, (uv_handle_t *)&c->cpoll, &c->cpoll_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->repump_timer, &c->repump_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
     sshp_conn_maybe_free(c);
 }
 
@@ -532,9 +539,13 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->fail_timer.data = c;
     c->fail_timer_open = true;
     c->open_handles++;
-    uv_timer_init(loop, &c->repump_timer);
-    c->repump_timer.data = c;
-    c->repump_timer_open = true;
+    uv_timer_init(loop, &c->chan_timer);
+    c->chan_timer.data = c;
+    c->chan_timer_open = true;
+    c->open_handles++;
+    uv_idle_init(loop, &c->next_turn);
+    c->next_turn.data = c;
+    c->next_turn_open = true;
     c->open_handles++;
 
     c->cs = ssh_new();
