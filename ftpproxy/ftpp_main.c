@@ -33,6 +33,17 @@ static int check_reply_text(const void *value, char *err, size_t errlen)
     return 0;
 }
 
+/* 0 keeps autotuning; a tiny fixed buffer would throttle every transfer. */
+static int check_data_sndbuf(const void *value, char *err, size_t errlen)
+{
+    int v = *(const int *)value;
+    if (v != 0 && v < 65536) {
+        snprintf(err, errlen, "0 (kernel autotuning) or at least 65536 bytes");
+        return -1;
+    }
+    return 0;
+}
+
 #define OFF(f) offsetof(ftpp_conf, f)
 #define R DP_CONF_RELOADABLE
 static const dp_conf_entry ftpp_entries[] = {
@@ -59,7 +70,7 @@ static const dp_conf_entry ftpp_entries[] = {
      NULL, "concurrent sessions per client address"},
     {"ftp.transfer_buffer", DP_CONF_INT, OFF(transfer_buffer), "1048576", 65536, 67108864, R, NULL,
      NULL, "bytes in flight inside the proxy per transfer (splice pipe size)"},
-    {"ftp.data_sndbuf", DP_CONF_INT, OFF(data_sndbuf), "0", 0, 67108864, R, NULL, NULL,
+    {"ftp.data_sndbuf", DP_CONF_INT, OFF(data_sndbuf), "0", 0, 67108864, R, NULL, check_data_sndbuf,
      "SO_SNDBUF of the socket a transfer writes to (0 = kernel autotuning; capped by "
      "net.core.wmem_max)"},
     {"ftp.backend_passive", DP_CONF_BOOL, OFF(backend_passive), "true", 0, 0, R, NULL, NULL,

@@ -31,8 +31,9 @@ each a list of checks that can fail:
      SIGTERM with a session open
   16 backend_passive = false (EPRT/PORT toward the backend) under the four client modes
   17 a passive range of 10 ports serves 40 downloads in a row (ports reusable at once)
-  18 ftp.data_sndbuf: the RETR socket's send buffer is the configured size; a value over
-     net.core.wmem_max is capped with one warning; sha256 equal either way
+  18 ftp.data_sndbuf: below 64 KiB refused by the config check; the RETR socket's send
+     buffer is the configured size; a value over net.core.wmem_max is capped with one
+     warning; sha256 equal either way
   19 (final, implicit) SIGTERM: ftpproxy exits 0
 
 Run by ctest (label e2e) or directly as root:
@@ -1047,6 +1048,11 @@ def t_data_sndbuf(env):
     wmem_max = int(dpenv.read_text("/proc/sys/net/core/wmem_max"))
     data = env.put_random("web1", u, "sndbuf.bin", 8 * MiB + 3)
     try:
+        env.conf["data_sndbuf"] = 4096
+        env.write_config()
+        rc, out = run_check(FTPPROXY, env.config)
+        check(rc != 0 and "ftp.data_sndbuf: 0 (kernel autotuning) or at least 65536 bytes" in out,
+              "data_sndbuf = 4096 is refused by the config check, with the reason", out)
         want = min(262144, wmem_max)
         env.conf["data_sndbuf"] = want
         env.restart_proxy()
