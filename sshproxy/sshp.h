@@ -128,6 +128,9 @@ typedef struct sshp_pair {
     sshp_buf st[3];
     bool leftover[3]; /* a callback could not take everything: bytes wait in libssh */
     sshp_req *reqs, **reqs_tail;
+    /* signals from the callback, queued behind the messages of the same read (an exec and
+     * the signal for it can arrive together, and messages are dispatched after callbacks) */
+    sshp_req *signals, **signals_tail;
     unsigned nreqs;
     uint64_t closing_since_ms;   /* entered PAIR_CLOSING */
     uint64_t c_close_started_ms; /* first try to send our CLOSE to the client */

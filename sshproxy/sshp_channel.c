@@ -205,8 +205,22 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
         return;
     r->kind = REQ_SIGNAL;
     r->a = strdup(sig != NULL ? sig : "TERM");
-    enqueue(p, r);
+    p->nreqs++;
+    if (p->signals == NULL)
+        p->signals_tail = &p->signals;
+    *p->signals_tail = r;
+    p->signals_tail = &r->next;
     p->conn->pump_again = true;
+}
+
+/* Queue the signals that came with the last read behind its messages (see sshp_pair). */
+static void take_signals(sshp_pair *p)
+{
+    if (p->signals == NULL)
+        return;
+    *p->reqs_tail = p->signals;
+    p->reqs_tail = p->signals_tail;
+    p->signals = NULL;
 }
 
 static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
@@ -668,6 +682,7 @@ static void pair_free(sshp_conn *c, sshp_pair *p)
         ssh_message_reply_default(p->open_msg);
         ssh_message_free(p->open_msg);
     }
+    take_signals(p);
     while (p->reqs != NULL) {
         sshp_req *r = p->reqs;
         p->reqs = r->next;
@@ -799,6 +814,7 @@ void sshp_channels_progress(sshp_conn *c)
     uint64_t next_deadline = 0;
     progress_globals(c);
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
+        take_signals(p);
         if (p->state == PAIR_OPENING)
             progress_open(p);
         if (p->state == PAIR_OPEN)

@@ -47,7 +47,8 @@ Sections, each a list of checks that can fail:
      same round answered properly logs in); extended data from the client is relayed as
      the command's stdin (64 KiB to `wc -c`; 1 MiB data + 6 MiB extended to a command that
      starts reading after 1 s: the backend counts all of it, the window never stays shut),
-     and extended data past the window is cut off like section 3
+     and extended data past the window is cut off like section 3; an exec and a signal
+     for it sent in one write: the signal reaches the command
 
 Run by ctest (label e2e) or directly as root:
     PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_sshproxy_hostile.py [1 2 ...]
@@ -1085,6 +1086,24 @@ def t_review_more(env):
                   "%s (within the window) to `%s`: relayed as stdin, the backend reads all %d "
                   "bytes" % (what, cmd, data + ext), result)
             chan.close()
+    finally:
+        t.close()
+
+    # a signal in the same read as the exec it is meant for: libssh hands the signal to a
+    # callback before the exec message is dispatched, so the proxy queues it behind the exec
+    t = hostile_login(env, u0)
+    try:
+        chan = t.open_session(timeout=10)
+        t0 = time.monotonic()
+        sent = t.burst([msg(cMSG_CHANNEL_REQUEST, chan.remote_chanid, "exec", True,
+                            "exec sleep 5"),
+                        msg(cMSG_CHANNEL_REQUEST, chan.remote_chanid, "signal", False, "TERM")])
+        ended = chan.status_event.wait(10)
+        took = time.monotonic() - t0
+        check(sent and ended and chan.exit_status == -1 and took < 4,
+              "exec `sleep 5` and signal TERM in one write: the signal reaches the command "
+              "(ended after %.1f s with no exit status, i.e. killed)" % took,
+              "sent=%s ended=%s exit_status=%s" % (sent, ended, chan.exit_status))
     finally:
         t.close()
 
