@@ -717,24 +717,28 @@ def t_request_queues(env):
         base = len(w.replies(kinds, wch.chanid))
         sizes = [(30 + (i * 11) % 170, 8 + (i * 5) % 70) for i in range(999)] + [(173, 59)]
         with w.corked():
-            # refused by sshd once the shell runs, but only after the backend resumes
+            # refused by sshd once the shell runs, but only after the backend resumes; the
+            # second env is answered only once the last window-change went out before it
+            # (data is not queued behind requests: the shell's input could overtake it)
             w.send(env_req(wch, "DP_W3", "3"))
             resize_all(wch, sizes)
+            w.send(env_req(wch, "DP_W4", "4"))
         synced = barrier(w)
         alive = synced and w.is_active() and not w.replies(kinds, wch.chanid)[base:]
         resumed(wpids)
-        w.wait(lambda: len(w.replies(kinds, wch.chanid)) >= base + 1 or not w.is_active(), 15)
+        w.wait(lambda: len(w.replies(kinds, wch.chanid)) >= base + 2 or not w.is_active(), 15)
         wgot = w.replies(kinds, wch.chanid)[base:]
         m, buf = None, b""
         if wgot:
             wch.sendall(b"echo SIZE=$(stty size)=\n")
             m, buf = read_until(wch, rb"SIZE=(\d+) (\d+)=")
         final = "%d %d" % (sizes[-1][1], sizes[-1][0])
-        check(alive and wgot == [MSG_CHANNEL_FAILURE] and m is not None and
+        check(alive and wgot == [MSG_CHANNEL_FAILURE] * 2 and m is not None and
               m.group(1) + b" " + m.group(2) == final.encode(),
-              "the same with the shell running (env pending, then %d window-change): the "
-              "connection stays; after SIGCONT the env is answered (refused by sshd: the "
-              "session runs) and `stty size` shows the last size (%s)" % (len(sizes), final),
+              "the same with the shell running (env pending, %d window-change, env): the "
+              "connection stays; after SIGCONT both env are answered in turn (refused by "
+              "sshd: the session runs) and `stty size` shows the last size (%s)"
+              % (len(sizes), final),
               "stayed=%s replies %s; shell output %r" % (alive, reply_summary(wgot), buf[-300:]))
         w.close()
 
