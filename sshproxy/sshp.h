@@ -298,6 +298,8 @@ void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
 void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms);
 void sshp_conn_maybe_free(sshp_conn *c);
 void sshp_conn_notify_hook(sshp_conn *c, bool end);
+/* An initialised handle now belongs to the connection: counted until its close callback. */
+void sshp_conn_own_handle(sshp_conn *c, uv_handle_t *h, bool *open);
 /* uv_close with the connection's counting close callback (the memory outlives the handle). */
 void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open);
 int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd);

@@ -275,9 +275,7 @@ void sshp_backend_start(sshp_conn *c)
     uv_loop_t *loop = dp_worker_loop(c->w);
     if (!c->be_timer_open) {
         uv_timer_init(loop, &c->be_timer);
-        c->be_timer.data = c;
-        c->be_timer_open = true;
-        c->open_handles++;
+        sshp_conn_own_handle(c, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
     }
     uv_update_time(loop);
     uv_timer_start(&c->be_timer, on_be_timer, (uint64_t)cf->connect_timeout_ms, 0);

@@ -87,6 +87,13 @@ static void handle_closed(uv_handle_t *h)
     sshp_conn_maybe_free(c);
 }
 
+void sshp_conn_own_handle(sshp_conn *c, uv_handle_t *h, bool *open)
+{
+    h->data = c;
+    *open = true;
+    c->open_handles++;
+}
+
 void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open)
 {
     if (*open) {
@@ -164,9 +171,7 @@ int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd)
         *dupfd = -1;
         return rc;
     }
-    p->data = c;
-    *open = true;
-    c->open_handles++;
+    sshp_conn_own_handle(c, (uv_handle_t *)p, open);
     return 0;
 }
 
@@ -532,21 +537,13 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
 
     uv_loop_t *loop = dp_worker_loop(sw->w);
     uv_timer_init(loop, &c->timer);
-    c->timer.data = c;
-    c->timer_open = true;
-    c->open_handles++;
+    sshp_conn_own_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
     uv_timer_init(loop, &c->fail_timer);
-    c->fail_timer.data = c;
-    c->fail_timer_open = true;
-    c->open_handles++;
+    sshp_conn_own_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
     uv_timer_init(loop, &c->chan_timer);
-    c->chan_timer.data = c;
-    c->chan_timer_open = true;
-    c->open_handles++;
+    sshp_conn_own_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
     uv_idle_init(loop, &c->next_turn);
-    c->next_turn.data = c;
-    c->next_turn_open = true;
-    c->open_handles++;
+    sshp_conn_own_handle(c, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
 
     c->cs = ssh_new();
     if (c->cs == NULL) {

@@ -480,6 +480,15 @@ def resumed(pids):
     signal_all(pids, signal.SIGCONT)
 
 
+def check_logged_end(env, mark, user, reason):
+    """The proxy logged why it ended `user`'s connection: the warning and one session_end."""
+    check(env.wait_log("ending the connection: " + reason, after=mark)
+          and len(env.wait_events("session_end", after=mark, user=user.name,
+                                  reason=reason)) == 1,
+          "the log says why: '%s' (warning and session_end)" % reason,
+          dpenv.tail(env.logfile, 8))
+
+
 def session_sshd(user, before):
     """The backend sshd process of the connection `user` just logged in with: the user's sshd
     processes that were not there `before`."""
@@ -633,12 +642,7 @@ def t_request_queues(env):
               % (MAX_REQS, full, closed, t.disconnect))
         check(not late, "none of those %d requests got a reply (none out of turn)"
               % (MAX_REQS + 1), reply_summary(late))
-        check(env.wait_log("ending the connection: too many pending channel requests",
-                           after=mark)
-              and len(env.wait_events("session_end", after=mark, user=u2.name,
-                                      reason="too many pending channel requests")) == 1,
-              "the log says why: 'too many pending channel requests' (warning and "
-              "session_end)", dpenv.tail(env.logfile, 8))
+        check_logged_end(env, mark, u2, "too many pending channel requests")
         resumed(pids)
 
         # -- a flood: cut at the 65th pending, the rest never kept
@@ -804,12 +808,7 @@ def t_request_queues(env):
               % MAX_GLOBALS, "still open with %d pending=%s closed=%s disconnect=%r "
               "replies (the first answers the keepalive) %s"
               % (MAX_GLOBALS, full, closed, h.disconnect, reply_summary(h.replies(gkinds))))
-        check(env.wait_log("ending the connection: too many pending global requests",
-                           after=mark)
-              and len(env.wait_events("session_end", after=mark, user=u2.name,
-                                      reason="too many pending global requests")) == 1,
-              "the log says why: 'too many pending global requests' (warning and "
-              "session_end)", dpenv.tail(env.logfile, 8))
+        check_logged_end(env, mark, u2, "too many pending global requests")
     finally:
         resumed(held)
         for c in conns:
@@ -885,11 +884,7 @@ def t_window(env):
         check(t.disconnect == "protocol violation" and "protocol violation" in err,
               "the client is told why: 'protocol violation' on the channel's stderr and in "
               "the DISCONNECT", "stderr %r, DISCONNECT %r" % (err, t.disconnect))
-        check(env.wait_log("ending the connection: peer ignores the channel window", after=mark)
-              and len(env.wait_events("session_end", after=mark, user=u1.name,
-                                      reason="peer ignores the channel window")) == 1,
-              "the log says why: 'peer ignores the channel window' (warning and session_end)",
-              dpenv.tail(env.logfile, 8))
+        check_logged_end(env, mark, u1, "peer ignores the channel window")
         bound = rss_bound(env.proxy_pid, 48 * MiB)
         check(grown < bound, "proxy RSS during the abuse: +%s (< %s; HARD_CAP %s)"
               % (mib(grown), mib(bound), mib(HARD_CAP)))
@@ -961,10 +956,7 @@ def t_no_close(env):
               "the connection ends with DISCONNECT 'protocol violation' %.1f s after the CLOSE "
               "(PAIR_CLOSE_WAIT_MS %d s)" % (took, PAIR_CLOSE_WAIT_S),
               "ended=%s disconnect=%r" % (t.ended_at is not None, t.disconnect))
-        check(env.wait_log("ending the connection: a peer did not close a channel", after=mark)
-              and len(env.wait_events("session_end", after=mark, user=u1.name,
-                                      reason="a peer did not close a channel")) == 1,
-              "the log says why: 'a peer did not close a channel'", dpenv.tail(env.logfile, 8))
+        check_logged_end(env, mark, u1, "a peer did not close a channel")
         bound = rss_bound(env.proxy_pid, 12 * MiB)
         check(grown < bound and dripped >= 16 * MiB,
               "data sent on the half-closed channel is dropped: %s sent, proxy RSS +%s "
