@@ -48,7 +48,9 @@ Sections, each a list of checks that can fail:
      the command's stdin (64 KiB to `wc -c`; 1 MiB data + 6 MiB extended to a command that
      starts reading after 1 s: the backend counts all of it, the window never stays shut),
      and extended data past the window is cut off like section 3; an exec and a signal
-     for it sent in one write: the signal reaches the command
+     for it sent in one write: the signal reaches the command; env (reply due), exec and
+     stdin + EOF in one write: the command gets the variable and every byte (sshd drops
+     data for a session with no command yet, so the data must not overtake the exec)
 
 Run by ctest (label e2e) or directly as root:
     PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_sshproxy_hostile.py [1 2 ...]
@@ -80,7 +82,7 @@ try:
         MSG_CHANNEL_CLOSE, MSG_CHANNEL_EOF, MSG_CHANNEL_FAILURE, MSG_CHANNEL_SUCCESS,
         MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS, MSG_SERVICE_ACCEPT, MSG_USERAUTH_BANNER,
         MSG_USERAUTH_FAILURE, MSG_USERAUTH_INFO_REQUEST, MSG_USERAUTH_SUCCESS,
-        cMSG_CHANNEL_DATA, cMSG_CHANNEL_EXTENDED_DATA, cMSG_CHANNEL_REQUEST,
+        cMSG_CHANNEL_DATA, cMSG_CHANNEL_EOF, cMSG_CHANNEL_EXTENDED_DATA, cMSG_CHANNEL_REQUEST,
         cMSG_GLOBAL_REQUEST, cMSG_SERVICE_REQUEST, cMSG_USERAUTH_INFO_RESPONSE,
         cMSG_USERAUTH_REQUEST)
     from paramiko.message import Message  # noqa: E402
@@ -1100,6 +1102,24 @@ def t_review_more(env):
               "exec `sleep 5` and signal TERM in one write: the signal reaches the command "
               "(ended after %.1f s with no exit status, i.e. killed)" % took,
               "sent=%s ended=%s exit_status=%s" % (sent, ended, chan.exit_status))
+    finally:
+        t.close()
+
+    # data sent right behind its exec, while an env ahead of the exec waits for the backend's
+    # reply: sshd drops data for a session that has no command yet, so the proxy must not
+    # let the data overtake the exec
+    t = hostile_login(env, u0)
+    try:
+        chan = t.open_session(timeout=10)
+        sent = t.burst([env_req(chan, "DP_PIPE", "1"),
+                        msg(cMSG_CHANNEL_REQUEST, chan.remote_chanid, "exec", True,
+                            "wc -c; echo $DP_PIPE"),
+                        msg(cMSG_CHANNEL_DATA, chan.remote_chanid, b"p" * 30000),
+                        msg(cMSG_CHANNEL_EOF, chan.remote_chanid)])
+        m, buf = read_until(chan, rb"(\d+)\s+(\S+)\s", timeout=10)
+        check(sent and m is not None and m.group(1) == b"30000" and m.group(2) == b"1",
+              "env (reply due), exec and 30000 bytes of stdin + EOF in one write: the command "
+              "gets the variable and all the bytes", buf[-200:])
     finally:
         t.close()
 
