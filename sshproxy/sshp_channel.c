@@ -176,12 +176,18 @@ static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int co
     p->exit_core = core != 0;
 }
 
-static void enqueue(sshp_pair *p, sshp_req *r)
+/* Append r to a list of p's requests (the queue, or the signals waiting to join it). */
+static void append(sshp_pair *p, sshp_req ***tail, sshp_req *r)
 {
     p->nreqs++;
     r->next = NULL;
-    *p->reqs_tail = r;
-    p->reqs_tail = &r->next;
+    **tail = r;
+    *tail = &r->next;
+}
+
+static void enqueue(sshp_pair *p, sshp_req *r)
+{
+    append(p, &p->reqs_tail, r);
 }
 
 /* A new queue entry, or NULL with the connection marked to end (over the cap, or no memory:
@@ -205,11 +211,7 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
         return;
     r->kind = REQ_SIGNAL;
     r->a = strdup(sig != NULL ? sig : "TERM");
-    p->nreqs++;
-    if (p->signals == NULL)
-        p->signals_tail = &p->signals;
-    *p->signals_tail = r;
-    p->signals_tail = &r->next;
+    append(p, &p->signals_tail, r);
     p->conn->pump_again = true;
 }
 
@@ -221,6 +223,7 @@ static void take_signals(sshp_pair *p)
     *p->reqs_tail = p->signals;
     p->reqs_tail = p->signals_tail;
     p->signals = NULL;
+    p->signals_tail = &p->signals;
 }
 
 static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
@@ -253,6 +256,7 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
     p->reverse = kind == PK_FORWARDED || kind == PK_AGENT;
     p->open_msg = m;
     p->reqs_tail = &p->reqs;
+    p->signals_tail = &p->signals;
     for (int i = 0; i < 3; i++)
         p->st[i].cap = (size_t)cf->channel_buffer;
     /* Open our side towards whoever did not ask; the asker's open is answered after. */

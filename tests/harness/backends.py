@@ -42,12 +42,28 @@ def _mntns(pid):
         return None
 
 
+def _pids_where(pred):
+    """The pids of the running processes for which pred(pid) holds."""
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and pred(int(d))]
+
+
 def _pids_in_ns(ns):
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and _mntns(int(d)) == ns:
-            pids.append(int(d))
-    return pids
+    return _pids_where(lambda pid: _mntns(pid) == ns)
+
+
+def _home_with_marker(home_dir, name, backend, pw):
+    """<home_dir>/<name> with a BACKEND file naming `backend`, both owned by `pw` (a passwd
+    entry) when given. Returns the home directory."""
+    home = os.path.join(home_dir, name)
+    os.makedirs(home, exist_ok=True)
+    os.chmod(home, 0o755)
+    marker = os.path.join(home, "BACKEND")
+    with open(marker, "w") as f:
+        f.write(backend + "\n")
+    if pw is not None:
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chown(marker, pw.pw_uid, pw.pw_gid)
+    return home
 
 
 class Backend:
@@ -226,14 +242,7 @@ class Backend:
         """
         name = user if isinstance(user, str) else user.name
         pw = pwd.getpwnam(name)
-        home = os.path.join(self.home_dir, name)
-        os.makedirs(home, exist_ok=True)
-        os.chown(home, pw.pw_uid, pw.pw_gid)
-        os.chmod(home, 0o755)
-        marker = os.path.join(home, "BACKEND")
-        with open(marker, "w") as f:
-            f.write(self.name + "\n")
-        os.chown(marker, pw.pw_uid, pw.pw_gid)
+        home = _home_with_marker(self.home_dir, name, self.name, pw)
         if authorized_keys is not None:
             sshdir = os.path.join(home, ".ssh")
             os.makedirs(sshdir, exist_ok=True)
@@ -375,7 +384,7 @@ def _session_of(pid):
 
 
 def _pids_in_session(sid):
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _session_of(int(d)) == sid]
+    return _pids_where(lambda pid: _session_of(pid) == sid)
 
 
 class PyFtpdBackend:
@@ -449,18 +458,11 @@ class PyFtpdBackend:
             password = getattr(user, "password", None)
         if password is None:
             raise HarnessError("backend %s: no password for %s" % (self.name, name))
-        home = os.path.join(self.home_dir, name)
-        os.makedirs(home, exist_ok=True)
-        os.chmod(home, 0o755)
-        marker = os.path.join(home, "BACKEND")
-        with open(marker, "w") as f:
-            f.write(self.name + "\n")
         try:      # the files belong to the system user when there is one, as on vsftpd
             pw = pwd.getpwnam(name)
-            os.chown(home, pw.pw_uid, pw.pw_gid)
-            os.chown(marker, pw.pw_uid, pw.pw_gid)
         except KeyError:
-            pass
+            pw = None
+        home = _home_with_marker(self.home_dir, name, self.name, pw)
         self._users[name] = {"password": password, "home": home, "perm": PYFTPD_FULL_PERM}
         self._write_json(self.users_file, self._users)
         return home
