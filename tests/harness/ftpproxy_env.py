@@ -348,7 +348,7 @@ class FtpProxyEnv(ProxyEnv):
     def host(self):
         """Where the "proxy" listens (the self-test backend's address in self-test)."""
         if self.selftest:
-            return getattr(self.backends[self.selftest], "address", HOST)
+            return self.backends[self.selftest].address
         return HOST
 
     @property
@@ -384,7 +384,7 @@ class FtpProxyEnv(ProxyEnv):
         """ftplib straight to a backend's FTP server (no proxy); kw as for ftp()."""
         be = self.backends[backend]
         return self.ftp(user, password, port=be.ftp_port, timeout=timeout,
-                        host=getattr(be, "address", HOST), **kw)
+                        host=be.address, **kw)
 
     def raw(self, backend=None, user=None, timeout=TIMEOUT):
         """A RawControl to the proxy (or straight to `backend`), logged in when user is
@@ -393,7 +393,7 @@ class FtpProxyEnv(ProxyEnv):
             c = RawControl(self.host, self.port, timeout)
         else:
             be = self.backends[backend]
-            c = RawControl(getattr(be, "address", HOST), be.ftp_port, timeout)
+            c = RawControl(be.address, be.ftp_port, timeout)
         if user is not None:
             r = c.login(self._name(user), user.password)
             if not r.startswith(b"230"):
