@@ -37,7 +37,8 @@ typedef struct ftpp_conf {
     int login_timeout_ms;
     int idle_timeout_s;
     int data_timeout_ms;
-    int connect_timeout_ms;
+    int connect_timeout_ms;       /* the backend's TCP connect (and name lookup) */
+    int backend_reply_timeout_ms; /* each reply the backend owes during login */
     int max_sessions, max_sessions_per_ip;
     int transfer_buffer;
     int data_sndbuf; /* SO_SNDBUF of a transfer's destination socket; 0 = kernel autotuning */
@@ -213,6 +214,10 @@ struct ftpp_sess {
     uv_timer_t timer, op_timer;
     bool timer_open, op_timer_open;
     void (*op_expired)(ftpp_sess *s);
+    /* ftp.login_timeout_ms counts the client's time only: while the proxy waits for a
+     * lookup or the backend the login clock is stopped with this much left. */
+    uint64_t login_left_ms;
+    bool login_clock_stopped;
 
     /* login */
     char user[DPH_USER_MAX];
@@ -295,6 +300,9 @@ void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
 void ftpp_sess_op_timer(ftpp_sess *s, uint64_t ms, void (*expired)(ftpp_sess *s));
 void ftpp_sess_op_timer_stop(ftpp_sess *s);
 void ftpp_sess_logged_in(ftpp_sess *s);
+/* Stop the client's login clock while the proxy waits (lookup, backend), start it again with
+ * the time that was left when the turn is the client's again. */
+void ftpp_sess_login_clock(ftpp_sess *s, bool running);
 /* Handles and requests that point at the session keep it alive: ref when one is started,
  * unref (or ftpp_sess_handle_closed as the close callback, data = session) when it is done. */
 void ftpp_sess_ref(ftpp_sess *s);
@@ -307,6 +315,8 @@ void ftpp_login_pass(ftpp_sess *s, char *password);
 void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text);
 void ftpp_login_cleanup(ftpp_sess *s);
 void ftpp_login_connect_failed(ftpp_sess *s, const char *why);
+/* The backend's TCP connect completed: its greeting is due. */
+void ftpp_login_connected(ftpp_sess *s);
 void ftpp_login_backend_lost(ftpp_sess *s, const char *why);
 
 /* ftpp_backend.c */

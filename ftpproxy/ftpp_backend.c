@@ -329,6 +329,7 @@ static void connected(uv_connect_t *req, int status)
         dp_sock_tune(fd, ftpp_conf_of(s->w)->common.tcp_keepalive_s);
     }
     push_expect(s, EX_GREETING);
+    ftpp_login_connected(s);
     ftpp_backend_resume(s);
 }
 

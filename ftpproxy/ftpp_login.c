@@ -48,14 +48,50 @@ static void reply_331(ftpp_sess *s)
 {
     ftpp_sess_op_timer_stop(s);
     s->state = ST_NEED_PASS;
+    ftpp_sess_login_clock(s, true);
     ftpp_sess_reply(s, "331 %s", ftpp_conf_of(s->w)->password_prompt);
     ftpp_sess_ready(s);
+}
+
+/* ---- deadlines ----
+ * The client's own login clock (ftp.login_timeout_ms) stops while the proxy waits: a slow
+ * backend is not a slow client. The backend's wait has deadlines of its own, no shorter than
+ * what a client connecting directly would wait: after a mass reconnect (a restart, a move of
+ * many users, a failover) a backend's accept queue overflows, its SYNs are retransmitted 1, 3,
+ * 7 and 15 s later, and greetings come late; giving up earlier than the customer's client
+ * would turns a slow backend into refused customers. */
+
+static void reply_expired(ftpp_sess *s)
+{
+    static const char *const what[] = {
+        [ST_GREETING] = "backend greeting timeout",
+        [ST_USER] = "backend reply timeout (login replay)",
+        [ST_PASS] = "backend reply timeout (PASS)",
+    };
+    const char *why = (size_t)s->state < sizeof what / sizeof what[0] && what[s->state] != NULL
+                          ? what[s->state]
+                          : "backend reply timeout";
+    fail_421(s, "Service not available: the server did not answer in time.", why);
+}
+
+/* A reply from the backend is due: its deadline runs from now. */
+static void await_backend(ftpp_sess *s)
+{
+    ftpp_sess_op_timer(s, (uint64_t)ftpp_conf_of(s->w)->backend_reply_timeout_ms, reply_expired);
+}
+
+void ftpp_login_connected(ftpp_sess *s)
+{
+    s->state = ST_GREETING;
+    await_backend(s);
 }
 
 /* ---- steps after the greeting ---- */
 
 static void login_next(ftpp_sess *s)
 {
+    s->state = ST_USER;
+    await_backend(s);
     if (s->host_arg[0] != '\0' && !s->host_sent) {
         s->host_sent = true;
         ftpp_backend_send(s, EX_HOST, "HOST %s", s->host_arg);
@@ -63,7 +99,6 @@ static void login_next(ftpp_sess *s)
         s->opts_sent = true;
         ftpp_backend_send_line(s, EX_OPTS, "OPTS UTF8 ON");
     } else {
-        s->state = ST_USER;
         ftpp_backend_send(s, EX_USER, "USER %s",
                           s->route.backend_user[0] ? s->route.backend_user : s->user);
     }
@@ -72,7 +107,7 @@ static void login_next(ftpp_sess *s)
 static void connect_expired(ftpp_sess *s)
 {
     fail_421(s, "Service not available: the server did not answer in time.",
-             s->state == ST_CONNECTING ? "backend connect timeout" : "backend greeting timeout");
+             "backend connect timeout");
 }
 
 void ftpp_login_connect_failed(ftpp_sess *s, const char *why)
@@ -141,7 +176,7 @@ static void route_ready(ftpp_sess *s)
         start_connect(s, (struct sockaddr *)&a);
     } else {
         /* A host name: getaddrinfo blocks, so it runs on the threadpool (uv_getaddrinfo);
-         * the connect deadline covers it. */
+         * the connect deadline covers it too. */
         char svc[8];
         snprintf(svc, sizeof svc, "%u", port);
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
@@ -212,6 +247,7 @@ void ftpp_login_user(ftpp_sess *s, const char *user)
         return;
     }
     s->state = ST_LOOKUP;
+    ftpp_sess_login_clock(s, false);
     s->lookup.data = s;
     int rc = dp_route_cache_lookup(dp_daemon_worker_cache(s->w), &s->lookup, s->user,
                                    (struct sockaddr *)&s->client_addr, DPH_PROTO_FTP, looked_up);
@@ -239,6 +275,7 @@ static void login_failed(ftpp_sess *s, const char *why)
     s->login_failures++;
     reset_attempt(s);
     s->state = ST_PRELOGIN;
+    ftpp_sess_login_clock(s, true);
     if (s->login_failures >= cf->max_login_attempts) {
         /* 421: the client learns the connection ends, not that this password was wrong
          * (the same for known and unknown users). */
@@ -258,6 +295,7 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     s->state = ST_PASS;
+    ftpp_sess_login_clock(s, false);
     if (s->unknown_user) {
         /* Delay like a backend's PAM does for a wrong password (+-25 %), so timing does not
          * tell unknown users apart either. */
@@ -275,6 +313,7 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
     }
     char line[FTPP_CMD_MAX + 8];
     int n = snprintf(line, sizeof line, "PASS %s", password);
+    await_backend(s);
     ftpp_backend_send_secret(s, EX_PASS, line);
     explicit_bzero(line, (size_t)(n > 0 ? n : 0));
 }
@@ -324,6 +363,7 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
         return;
     case EX_PASS:
         if (code == 230 || code == 202) {
+            ftpp_sess_op_timer_stop(s);
             ftpp_sess_reply_raw(s, text, strlen(text));
             ftpp_sess_logged_in(s);
             ftpp_sess_ready(s);

@@ -201,6 +201,20 @@ static void arm_main_timer(ftpp_sess *s, uint64_t ms)
         uv_timer_start(&s->timer, main_timer_fired, ms, 0);
 }
 
+void ftpp_sess_login_clock(ftpp_sess *s, bool running)
+{
+    if (!s->timer_open || s->state == ST_LOGGED_IN || s->state == ST_CLOSING)
+        return;
+    if (!running && !s->login_clock_stopped) {
+        s->login_left_ms = uv_timer_get_due_in(&s->timer);
+        uv_timer_stop(&s->timer);
+        s->login_clock_stopped = true;
+    } else if (running && s->login_clock_stopped) {
+        s->login_clock_stopped = false;
+        arm_main_timer(s, s->login_left_ms);
+    }
+}
+
 static void op_timer_fired(uv_timer_t *t)
 {
     ftpp_sess *s = t->data;
@@ -650,6 +664,7 @@ void ftpp_sess_logged_in(ftpp_sess *s)
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     char user[160], backend[100];
     s->state = ST_LOGGED_IN;
+    s->login_clock_stopped = false;
     s->activity_ms = dp_now_ms();
     arm_main_timer(s, (uint64_t)cf->idle_timeout_s * 1000u);
     s->logged_start = true;

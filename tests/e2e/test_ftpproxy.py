@@ -45,6 +45,7 @@ import ftplib
 import hashlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -55,8 +56,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
-from ftpproxy_env import (FTPPROXY, MODES, FtpProxyEnv, close_ftp, code,  # noqa: E402
-                          data_transfer, recv_all, reply)
+from ftpproxy_env import (DEFAULT_FTP_CONF, FTPPROXY, MODES, FtpProxyEnv, close_ftp,  # noqa: E402
+                          code, data_transfer, recv_all, reply)
 
 check = Checks()
 KiB = 1 << 10
@@ -377,12 +378,22 @@ def t_unavailable(env):
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)     # accepts (kernel backlog) but never says a word
         env.set_backend_port("web2", silent.getsockname()[1])
-        refused_at_user(env, u2, "silent backend (no 220 greeting)",
-                        env.conf["connect_timeout_ms"] // 1000 + 10)
+        env.conf["backend_reply_timeout_ms"] = 2000
+        env.restart_proxy()
+        off = env.log_offset()
+        refused_at_user(env, u2, "silent backend (no 220 greeting), backend_reply_timeout_ms="
+                        "2000", 2 + 10)
+        if not env.selftest:
+            ev = env.wait_events("backend_fail", after=off, user=u2.name, count=1)
+            check([e.get("reason") for e in ev] == ["backend greeting timeout"],
+                  "the log says why: event=backend_fail reason=\"backend greeting timeout\"",
+                  [e["_line"] for e in ev])
     finally:
         if silent is not None:
             silent.close()
             env.set_backend_port("web2", None)
+        env.conf["backend_reply_timeout_ms"] = DEFAULT_FTP_CONF["backend_reply_timeout_ms"]
+        env.restart_proxy()
         be.start()
     got = backend_of(env, u2)
     check(got == "web2", "backend back up: the user logs in on web2 again", got)
@@ -855,6 +866,34 @@ def t_log(env):
 
 
 # ---- 15 limits and timeouts --------------------------------------------------------------------
+def slow_backend_is_not_a_slow_client(env, u):
+    """login_timeout_ms counts the client's time only: with the user's vsftpd stopped
+    (SIGSTOP: the kernel still completes the TCP connect, the greeting waits) for twice the
+    login timeout, USER is answered 331 once vsftpd runs again, and the login completes."""
+    be = env.backends[backend_of(env, u)]
+    pid = be.pids().get("vsftpd")
+    hold_s = 2 * env.conf["login_timeout_ms"] / 1000.0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        s, _ = raw_connect(env, timeout=hold_s + 20)
+        s.sendall(b"USER %s\r\n" % u.name.encode())
+        time.sleep(hold_s)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        rf = s.makefile("rb")
+        r1 = rf.readline()
+        s.sendall(b"PASS %s\r\n" % u.password.encode())
+        r2 = rf.readline()
+        rf.close()
+    finally:
+        s.close()
+    check(r1.startswith(b"331 ") and r2.startswith(b"230 "),
+          "login_timeout_ms=%d with the backend's vsftpd stopped for %.0f s: the wait for the "
+          "backend does not count against the client (331, then 230)"
+          % (env.conf["login_timeout_ms"], hold_s), "%r then %r" % (r1, r2))
+
+
 def t_limits(env):
     u = env.users[0]
     saved = dict(env.conf)
@@ -870,6 +909,8 @@ def t_limits(env):
         check(closed and b"\r\n421 " in b"\r\n" + got and 1.0 <= took <= 3.0,
               "login_timeout_ms=1500: no PASS -> 421 and closed after ~1.5 s",
               "%r closed=%s after %.1fs" % (got, closed, took))
+        if not env.selftest:
+            slow_backend_is_not_a_slow_client(env, u)
 
         f = env.ftp(u)
         try:
