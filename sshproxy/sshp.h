@@ -99,6 +99,7 @@ typedef struct sshp_req {
     ssh_message msg; /* NULL for requests that came through callbacks (signal, agent) */
     char *a, *b;     /* term / command / subsystem / env name / signal name ; env value */
     int cols, rows;
+    size_t held; /* counted in the connection's held_bytes */
     struct sshp_req *next;
 } sshp_req;
 
@@ -241,6 +242,17 @@ struct sshp_conn {
     unsigned nforwards;    /* remote forwards (-R) the backend holds for this client */
     struct sshp_global *globals, **globals_tail; /* client global requests, one at a time */
     unsigned nglobals;
+    /* Memory a client can make the proxy hold is bounded by design, not by luck: the bytes
+     * of the requests queued in our lists are counted (SSHP_HELD_MAX: above it the client is
+     * not read until requests complete), libssh is read again only once it has handed over
+     * every message it parsed (client_backlog), and a closing connection is given a fixed
+     * number of reads (SSHP_CLOSING_READS) to flush its DISCONNECT. */
+    size_t held_bytes;
+    bool client_backlog;
+    unsigned closing_reads;
+    bool client_writable;   /* the client's poll said writable (or failed) since the last read */
+    bool closing_writable;  /* a writable poll while closing left nothing to write */
+    bool linger;            /* our DISCONNECT went out: close with dp_linger_close */
     const char *abuse;      /* set by a callback: the peer broke the protocol; end the connection */
     unsigned auth_requests; /* every auth request, answered by us or not (flood bound) */
     uv_timer_t chan_timer;  /* pumps again at the nearest channel close deadline */
@@ -316,9 +328,17 @@ void sshp_backend_message(sshp_conn *c, ssh_message m);
 void sshp_backend_cleanup(sshp_conn *c);
 
 /* A client global request (tcpip-forward, cancel-tcpip-forward) waiting for the backend. */
+/* The bound on queued request bytes per connection (env values, commands, forward addresses;
+ * a message may carry up to libssh's 256 KiB packet). 64 pending env requests of 64 KiB each
+ * (MAX_REQS) stay well inside it. */
+#define SSHP_HELD_MAX (8u << 20)
+/* Reads (each at most libssh's 4 KiB MAX_BUF_SIZE) a closing connection gets to flush. */
+#define SSHP_CLOSING_READS 64
+
 typedef struct sshp_global {
     ssh_message msg;
-    bool sent; /* on the wire to the backend (the reply may race with the first channel) */
+    size_t held; /* counted in the connection's held_bytes */
+    bool sent;   /* on the wire to the backend (the reply may race with the first channel) */
     struct sshp_global *next;
 } sshp_global;
 

@@ -179,6 +179,8 @@ static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int co
 /* Append r to a list of p's requests (the queue, or the signals waiting to join it). */
 static void append(sshp_pair *p, sshp_req ***tail, sshp_req *r)
 {
+    r->held = (r->a != NULL ? strlen(r->a) : 0) + (r->b != NULL ? strlen(r->b) : 0);
+    p->conn->held_bytes += r->held;
     p->nreqs++;
     r->next = NULL;
     **tail = r;
@@ -475,8 +477,9 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
     enqueue(p, r);
 }
 
-static void req_free(sshp_req *r, bool reply_failure)
+static void req_free(sshp_conn *c, sshp_req *r, bool reply_failure)
 {
+    c->held_bytes -= r->held;
     if (r->msg != NULL) {
         if (reply_failure)
             ssh_message_reply_default(r->msg);
@@ -531,7 +534,7 @@ static void progress_requests(sshp_pair *p)
             p->reqs_tail = &p->reqs;
         if (rc == SSH_OK && r->msg != NULL)
             ssh_message_channel_request_reply_success(r->msg);
-        req_free(r, rc != SSH_OK);
+        req_free(p->conn, r, rc != SSH_OK);
     }
 }
 
@@ -690,7 +693,7 @@ static void pair_free(sshp_conn *c, sshp_pair *p)
     while (p->reqs != NULL) {
         sshp_req *r = p->reqs;
         p->reqs = r->next;
-        req_free(r, false);
+        req_free(c, r, false);
     }
     for (int i = 0; i < 3; i++)
         buf_free(&p->st[i]);
@@ -719,6 +722,9 @@ void sshp_global_message(sshp_conn *c, ssh_message m)
         return;
     }
     g->msg = m;
+    const char *addr = ssh_message_global_request_address(m);
+    g->held = addr != NULL ? strlen(addr) : 0;
+    c->held_bytes += g->held;
     c->nglobals++;
     if (c->globals_tail == NULL)
         c->globals_tail = &c->globals;
@@ -748,6 +754,7 @@ static void progress_globals(sshp_conn *c)
         }
         c->globals = g->next;
         c->nglobals--;
+        c->held_bytes -= g->held;
         if (c->globals == NULL)
             c->globals_tail = &c->globals;
         if (rc == SSH_OK) {
@@ -860,6 +867,7 @@ void sshp_channels_free_all(sshp_conn *c)
     while (c->globals != NULL) {
         sshp_global *g = c->globals;
         c->globals = g->next;
+        c->held_bytes -= g->held;
         ssh_message_free(g->msg);
         free(g);
     }

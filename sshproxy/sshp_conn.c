@@ -9,7 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dp_linger.h"
 #include "dp_log.h"
+#include "dp_sockstat.h"
 #include "dp_util.h"
 #include "sshp.h"
 
@@ -20,6 +22,9 @@
 #define DOPOLL_BUDGET 256
 /* How long a disconnect message may take to flush before the socket is just closed. */
 #define CLOSE_FLUSH_MS 2000
+/* What a client that keeps sending after our DISCONNECT may make us read and discard (no
+ * memory is kept for it) before its connection is reset. */
+#define LINGER_MAX_BYTES (16u << 20)
 #define PUMP_ROUNDS 8
 /* Messages handled per session per round: a client that keeps sending must not hold the loop
  * (ssh_message_get reads more whenever its queue is empty). */
@@ -77,7 +82,12 @@ static void handle_closed(uv_handle_t *h)
 {
     sshp_conn *c = h->data;
     if (h == (uv_handle_t *)&c->cpoll && c->cpoll_fd >= 0) {
-        close(c->cpoll_fd);
+        /* after our DISCONNECT, the client's further input must not turn our close into an
+         * RST that drops the DISCONNECT unread (dp_linger.h); our dup is the last fd */
+        if (c->linger)
+            dp_linger_close(dp_worker_loop(c->w), c->cpoll_fd, CLOSE_FLUSH_MS, LINGER_MAX_BYTES);
+        else
+            close(c->cpoll_fd);
         c->cpoll_fd = -1;
     } else if (h == (uv_handle_t *)&c->bpoll && c->bpoll_fd >= 0) {
         close(c->bpoll_fd);
@@ -139,9 +149,19 @@ void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
 
 static void on_poll(uv_poll_t *p, int status, int events)
 {
-    (void)status;
-    (void)events;
-    sshp_conn_pump(p->data);
+    sshp_conn *c = p->data;
+    if (p == &c->cpoll && (status < 0 || (events & UV_WRITABLE)))
+        c->client_writable = true;
+    sshp_conn_pump(c);
+}
+
+/* Whether the client's socket may be read now (see held_bytes in sshp.h): not while the
+ * requests we hold are at their byte bound, not while libssh may still hold parsed messages we
+ * have not taken (the next round takes them first), and, once closing, only as a side effect
+ * of flushing (a bounded number of times). */
+static bool client_readable(const sshp_conn *c)
+{
+    return c->state != CONN_CLOSING && !c->client_backlog && c->held_bytes < SSHP_HELD_MAX;
 }
 
 static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
@@ -152,10 +172,13 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         uv_poll_stop(p);
         return;
     }
-    int ev = UV_READABLE;
-    if (ssh_get_poll_flags(s) & SSH_WRITE_PENDING)
+    int ev = s != c->cs || client_readable(c) ? UV_READABLE : 0;
+    if ((ssh_get_poll_flags(s) & SSH_WRITE_PENDING) || (s == c->cs && c->state == CONN_CLOSING))
         ev |= UV_WRITABLE;
-    uv_poll_start(p, ev, on_poll);
+    if (ev == 0)
+        uv_poll_stop(p);
+    else
+        uv_poll_start(p, ev, on_poll);
 }
 
 int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd)
@@ -212,8 +235,22 @@ static void dispatch_client(sshp_conn *c, ssh_message m)
 
 static void pump_once(sshp_conn *c)
 {
-    if (c->cs != NULL && !session_dead(c->cs))
-        dopoll(c->cev);
+    if (c->cs != NULL && !session_dead(c->cs)) {
+        if (client_readable(c)) {
+            dopoll(c->cev);
+        } else if (c->state == CONN_CLOSING && c->client_writable &&
+                   c->closing_reads < SSHP_CLOSING_READS) {
+            /* the socket takes more of our output: flush it (this reads at most 4 KiB too,
+             * which nothing will look at). Once a writable poll found nothing left to write,
+             * libssh knows the socket is writable (write_wontblock) and ssh_disconnect will
+             * write the DISCONNECT at once. */
+            c->client_writable = false;
+            c->closing_reads++;
+            bool was_empty = !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
+            ssh_event_dopoll(c->cev, 0);
+            c->closing_writable = was_empty && !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
+        }
+    }
     if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
         dopoll(c->bev);
 
@@ -235,11 +272,16 @@ static void pump_once(sshp_conn *c)
     if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
         ssh_message m;
         int n = 0;
+        /* ssh_message_get reads (4 KiB) when libssh's queue is empty: not over the bound */
+        c->client_backlog = false;
         while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
-               n < MESSAGE_BUDGET && (m = ssh_message_get(c->cs)) != NULL) {
+               c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
+               (m = ssh_message_get(c->cs)) != NULL) {
             dispatch_client(c, m);
-            if (++n == MESSAGE_BUDGET)
+            if (++n == MESSAGE_BUDGET) {
+                c->client_backlog = true;
                 c->pump_again = true;
+            }
         }
     }
     if (c->bs != NULL && c->be >= BE_READY && c->be != BE_FAILED && c->state != CONN_DEAD) {
@@ -265,12 +307,27 @@ static void pump_once(sshp_conn *c)
     }
 
     if (c->state == CONN_CLOSING) {
-        if (session_dead(c->cs) || !(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING)) {
-            if (!session_dead(c->cs)) {
+        /* ssh_disconnect writes the DISCONNECT at once only if libssh's output buffer is empty
+         * and the socket was last seen writable; otherwise the packet stays in a buffer that
+         * ssh_disconnect then frees (libssh 0.10 socket.c, write_wontblock). The poll flags
+         * alone cannot tell: POLLOUT stays in them when input came in the same poll. */
+        bool dead = session_dead(c->cs);
+        bool ready =
+            dead || (!(ssh_get_status(c->cs) & SSH_WRITE_PENDING) &&
+                     (!(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING) || c->closing_writable));
+        if (!ready && c->closing_reads >= SSHP_CLOSING_READS) {
+            snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
+                     " (disconnect message not flushed)");
+            conn_end(c);
+            return;
+        }
+        if (ready) {
+            if (!dead) {
                 /* Out of the event first: ssh_disconnect may leave the socket's poll handle
                  * orphaned in an event that still holds the session. */
                 ssh_event_remove_session(c->cev, c->cs);
-                ssh_disconnect(c->cs); /* sends the message now that the output is idle */
+                ssh_disconnect(c->cs); /* writes the message now that the output is idle */
+                c->linger = true;
             }
             conn_end(c);
         }
@@ -445,14 +502,20 @@ static void log_end(sshp_conn *c)
     char user[160], reason[200], backend[100];
     uint64_t in = c->bytes_in + sshp_channels_bytes(c, true);
     uint64_t out = c->bytes_out + sshp_channels_bytes(c, false);
+    /* client_read: raw bytes taken from the client's socket (packets, padding, MACs), the
+     * measure of the read bounds in sshp.h; our dup of the fd keeps the socket to ask */
+    uint64_t taken = 0;
+    if (c->cpoll_fd >= 0)
+        dp_sock_bytes_read(c->cpoll_fd, &taken);
     dp_log_event(DP_LOG_INFO, NULL, "session_end",
                  "sid=%s user=%s client=%s backend=%s auth=%s bytes_in=%llu bytes_out=%llu "
-                 "duration_ms=%llu reason=%s",
+                 "client_read=%llu duration_ms=%llu reason=%s",
                  c->sid, dp_logq(user, sizeof user, c->user[0] ? c->user : "-"), c->client_text,
                  dp_logq(backend, sizeof backend,
                          c->route_known && c->route.backend[0] ? c->route.backend : "-"),
                  c->auth_method ? c->auth_method : "none", (unsigned long long)in,
-                 (unsigned long long)out, (unsigned long long)(dp_now_ms() - c->started_ms),
+                 (unsigned long long)out, (unsigned long long)taken,
+                 (unsigned long long)(dp_now_ms() - c->started_ms),
                  dp_logq(reason, sizeof reason, c->reason[0] ? c->reason : "closed"));
 }
 

@@ -669,6 +669,19 @@ def t_request_queues(env):
               "closed=%s disconnect=%r replies %s; %s"
               % (closed, f.disconnect, reply_summary(f.replies(kinds, fch.chanid)),
                  dpenv.tail(env.logfile, 6)))
+        # The design bound (sshp.h, SSHP_HELD_MAX and its neighbours): the proxy stops taking
+        # the client's bytes at the cut. What it read is what the kernel says it read
+        # (session_end client_read), whatever the allocator made of it: the 65 requests up
+        # to the cut, at most one pump's reads ahead (DOPOLL_BUDGET x 4 KiB = 1 MiB, plus 64
+        # message reads of 4 KiB) and SSHP_CLOSING_READS x 4 KiB while closing.
+        ends = env.events("session_end", after=mark, user=u2.name,
+                          reason="too many pending channel requests")
+        read = int(ends[0].get("client_read", -1)) if ends else -1
+        design = (MAX_REQS + 1) * (len(value) + 4 * KiB) + MiB + 64 * 4 * KiB + 64 * 4 * KiB
+        check(0 < read <= design,
+              "the flood was read only up to the cut: client_read=%s of %s sent (design bound "
+              "%s)" % (mib(read), mib(n * len(value)), mib(design)),
+              [e["_line"] for e in ends])
         bound = rss_bound(env.proxy_pid, 32 * MiB)
         check(grown < bound, "proxy RSS while %s of requests arrived: +%s (< %s)"
               % (mib(n * len(value)), mib(grown), mib(bound)))
