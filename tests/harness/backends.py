@@ -149,8 +149,10 @@ class Backend:
         for d in (self.basedir, self.home_dir, self.logdir):
             os.makedirs(d, exist_ok=True)
             os.chmod(d, 0o755)   # users must traverse to their home and proxy_authorized_keys
-        os.makedirs(HOME_MOUNT, exist_ok=True)
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        # every directory down to the users' homes: o+x whatever the umask was when it was made
+        for d in (os.path.dirname(HOME_MOUNT), HOME_MOUNT, "/run/sshd"):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
         empty = os.path.join(self.basedir, "empty")
         os.makedirs(empty, exist_ok=True)
         os.chmod(empty, 0o755)

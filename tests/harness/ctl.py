@@ -6,16 +6,18 @@ import os
 import socket
 import threading
 
+import dpenv
 from proxy_env import BUILD, run_cmd
 
 PROXYCTL = os.path.join(BUILD, "proxyctl", "proxyctl")
 
 
 def proxyctl(sock, *args, timeout=60, runas=None):
-    """`proxyctl -s sock ARGS...` (as user `runas` via runuser when given); a Result."""
+    """`proxyctl -s sock ARGS...` (as user `runas` via runuser when given, from a copy that
+    user can reach wherever the clone is); a Result."""
     argv = [PROXYCTL, "-s", sock] + list(args)
     if runas:
-        argv = ["runuser", "-u", runas, "--"] + argv
+        argv = ["runuser", "-u", runas, "--", dpenv.shared_copy(PROXYCTL)] + argv[1:]
     return run_cmd(argv, timeout=timeout)
 
 

@@ -14,6 +14,11 @@ import sys
 import tempfile
 import time
 
+# The servers and users of a test (postgres, sshd and vsftpd sessions of the test users,
+# nobody) read what the harness writes: files it makes must not depend on the caller's umask
+# (077 would make every one of them root's alone).
+os.umask(0o022)
+
 HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("DP_SOURCE_DIR") or os.path.dirname(os.path.dirname(HARNESS_DIR))
 BUILD_DIR = os.environ.get("DP_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
@@ -147,11 +152,47 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def traversable(path):
+    """True when every directory from / down to path lets other users through (o+x)."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 def make_tempdir(prefix="dpt-"):
-    """A fresh directory under $TMPDIR (default /tmp), traversable by other users."""
-    d = tempfile.mkdtemp(prefix=prefix)
+    """A fresh directory, traversable by other users: under $TMPDIR when every directory
+    above it lets them through, else under /tmp (a TMPDIR inside root's 0700 home would lock
+    postgres, nobody and the test users out of what the harness puts there)."""
+    base = tempfile.gettempdir()
+    d = tempfile.mkdtemp(prefix=prefix, dir=base if traversable(base) else "/tmp")
     os.chmod(d, 0o755)
     return d
+
+
+_SHARED_BINS = {}
+
+
+def shared_copy(path):
+    """A copy of the executable `path` that any user may run, outside the clone (which may
+    sit under a 0700 directory such as root's home): made once per process in its own
+    0755 directory, removed at exit."""
+    if path not in _SHARED_BINS:
+        d = make_tempdir("dpt-bin-")
+        import atexit
+        atexit.register(shutil.rmtree, d, True)
+        dst = os.path.join(d, os.path.basename(path))
+        shutil.copy2(path, dst)
+        os.chmod(dst, 0o755)
+        _SHARED_BINS[path] = dst
+    return _SHARED_BINS[path]
 
 
 def rmtree(path):

@@ -117,7 +117,9 @@ def create_user(name, password=None, keydir=None):
     set_password(name, password)
     # the mount point in the root namespace: stays empty, each backend shadows it
     home = os.path.join(HOME_ROOT, name)
-    os.makedirs(HOME_ROOT, exist_ok=True)
+    for d in (os.path.dirname(HOME_ROOT), HOME_ROOT):
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)   # o+x whatever the umask was when it was made
     os.makedirs(home, exist_ok=True)
     os.chown(home, pw.pw_uid, pw.pw_gid)
     key = pubkey = None
