@@ -41,7 +41,13 @@
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f "        \
     "bob@desk"
 
-#define NOTIFY_BOUND_MS 100.0
+/* Deadlines are checked on the early side exactly and on the late side with LATE_MS of
+ * headroom (a machine twice as slow, under ASan, with another build on its cores); contrasts
+ * (a statement that sleeps, a cache TTL) are long enough for that headroom to still tell the
+ * outcomes apart. Latency figures are printed as metrics; docs/hook-pgsql.md quotes them. */
+#define LATE_MS 2000.0
+/* NOTIFY, not the 60 s TTL, makes a move visible: anything under this proves it. */
+#define NOTIFY_BOUND_MS 5000.0
 #define NOTIFY_ROUNDS 20
 #define CALL_TIMEOUT_MS 1000
 
@@ -259,7 +265,7 @@ static double measure_change(dp_route_cache *c, const char *user, const char *sq
         if (getenv("E2E_TRACE"))
             fprintf(stderr, "trace: still %s (%s) after %.3f ms\n", v, how_name(r.how),
                     now_ms() - t0);
-        if (now_ms() - t0 > 2000)
+        if (now_ms() - t0 > 2 * NOTIFY_BOUND_MS)
             return -1;
         loop_sleep(1);
     }
@@ -455,7 +461,7 @@ static void *direct_thread(void *arg)
 }
 
 #define SLEEPY_QUERY                                                                               \
-    "SELECT r.*, pg_sleep(CASE WHEN $1 = 'sleepy' THEN 3 ELSE 0 END)::text AS slept "              \
+    "SELECT r.*, pg_sleep(CASE WHEN $1 = 'sleepy' THEN 30 ELSE 0 END)::text AS slept "             \
     "FROM dynproxy.route($1, $2::inet, $3) r"
 
 static void test_deadlines(void)
@@ -473,12 +479,12 @@ static void test_deadlines(void)
     direct_call a = {.h = h, .user = "sleepy", .timeout_ms = 500};
     direct_lookup(&a);
     metric("cancel_ms", a.ms);
-    check(a.rc == -ETIMEDOUT && a.ms >= 450 && a.ms < 500 + 150,
+    check(a.rc == -ETIMEDOUT && a.ms >= 450 && a.ms < 500 + LATE_MS,
           "a statement outliving timeout_ms=500 is cancelled: rc=%d after %.1f ms", a.rc, a.ms);
 
     direct_call b = {.h = h, .user = "alice", .timeout_ms = 1000};
     direct_lookup(&b);
-    check(b.rc == 0 && b.route.status == DPH_ROUTE_OK && b.ms < 200,
+    check(b.rc == 0 && b.route.status == DPH_ROUTE_OK && b.ms < LATE_MS,
           "the cancelled connection is reused at once: rc=%d status=%s in %.1f ms", b.rc,
           status_name(b.route.status), b.ms);
 
@@ -491,9 +497,9 @@ static void test_deadlines(void)
     direct_lookup(&w);
     pthread_join(th, NULL);
     metric("pool_wait_timeout_ms", w.ms);
-    check(w.rc == -ETIMEDOUT && w.ms >= 290 && w.ms < 300 + 150,
+    check(w.rc == -ETIMEDOUT && w.ms >= 290 && w.ms < 300 + LATE_MS,
           "no free pool connection: rc=%d after %.1f ms (timeout_ms=300)", w.rc, w.ms);
-    check(slow.rc == -ETIMEDOUT && slow.ms < 1500 + 150,
+    check(slow.rc == -ETIMEDOUT && slow.ms < 1500 + LATE_MS,
           "the slow call itself ends at its deadline: rc=%d after %.1f ms", slow.rc, slow.ms);
     dp_hook_free(h);
 
@@ -505,10 +511,10 @@ static void test_deadlines(void)
         check(0, "load with statement_timeout_ms=300: %s", err);
         return;
     }
-    direct_call s = {.h = h, .user = "sleepy", .timeout_ms = 3000};
+    direct_call s = {.h = h, .user = "sleepy", .timeout_ms = 30000};
     direct_lookup(&s);
     metric("statement_timeout_ms", s.ms);
-    check(s.rc == -ETIMEDOUT && s.ms >= 280 && s.ms < 800,
+    check(s.rc == -ETIMEDOUT && s.ms >= 280 && s.ms < 300 + LATE_MS,
           "statement_timeout_ms=300 stops the statement server-side: rc=%d after %.1f ms", s.rc,
           s.ms);
     dp_hook_free(h);
@@ -672,7 +678,7 @@ static void test_hung_server(void)
     double t0 = now_ms();
     dp_hook *h = load(params, err, sizeof err, NULL, NULL);
     double t_init = now_ms() - t0;
-    check(h != NULL && t_init >= 290 && t_init < 300 + 150,
+    check(h != NULL && t_init >= 290 && t_init < 300 + LATE_MS,
           "hung server: init gives up on its warm-up dial after connect_timeout_ms=300 and "
           "succeeds (%.1f ms)",
           t_init);
@@ -683,20 +689,21 @@ static void test_hung_server(void)
     direct_call a = {.h = h, .user = "alice", .timeout_ms = 500};
     direct_lookup(&a);
     metric("hung_first_lookup_ms", a.ms);
-    check(a.rc < 0 && a.ms < 500 + 100,
+    check(a.rc < 0 && a.ms < 500 + LATE_MS,
           "hung server: a lookup fails within its deadline: rc=%d after %.1f ms (dial bounded "
           "by connect_timeout_ms=300)",
           a.rc, a.ms);
     direct_call b = {.h = h, .user = "alice", .timeout_ms = 500};
     direct_lookup(&b);
     metric("hung_backoff_lookup_ms", b.ms);
-    check(b.rc == -EAGAIN && b.ms < 50,
+    /* fast = no dial: a dial to the hung server takes connect_timeout_ms (300) */
+    check(b.rc == -EAGAIN && b.ms < 250,
           "hung server: the next lookup fails fast in backoff: rc=%d after %.1f ms", b.rc, b.ms);
     loop_sleep(100); /* let the LISTEN thread be in the middle of a dial */
     t0 = now_ms();
     dp_hook_free(h);
     double t_fini = now_ms() - t0;
-    check(t_fini < 100, "hung server: fini interrupts the LISTEN thread's dial (%.1f ms)", t_fini);
+    check(t_fini < 250, "hung server: fini interrupts the LISTEN thread's dial (%.1f ms)", t_fini);
     close(fd);
 }
 
@@ -759,15 +766,15 @@ static void test_outage(dp_hook *h, dp_route_cache *c_long, inval_counter *ic)
     double t_fail = now_ms() - t0;
     metric("tempfail_ms", t_fail);
     check(r.how == DP_CACHE_FAILED && r.route.status == DPH_ROUTE_TEMPFAIL &&
-              t_fail < CALL_TIMEOUT_MS + 200,
+              t_fail < CALL_TIMEOUT_MS + LATE_MS,
           "database down: uncached frank -> %s (%s) in %.1f ms (bound %d ms)",
-          status_name(r.route.status), how_name(r.how), t_fail, CALL_TIMEOUT_MS + 200);
+          status_name(r.route.status), how_name(r.how), t_fail, CALL_TIMEOUT_MS + (int)LATE_MS);
 
     t0 = now_ms();
     cache_get(c_none, "alice", DPH_PROTO_SSH, &r);
     double t_fail2 = now_ms() - t0;
     metric("tempfail_backoff_ms", t_fail2);
-    check(r.route.status == DPH_ROUTE_TEMPFAIL && t_fail2 < 100,
+    check(r.route.status == DPH_ROUTE_TEMPFAIL && t_fail2 < CALL_TIMEOUT_MS / 2,
           "database down: next uncached lookup fails fast during backoff (%.1f ms)", t_fail2);
 
     unsigned before = atomic_load(&ic->all);
@@ -894,7 +901,7 @@ int main(int argc, char **argv)
     dp_hook_free(h);
     double t_fini = now_ms() - t0;
     metric("fini_ms", t_fini);
-    check(t_fini < 1000, "fini (LISTEN thread joined) took %.1f ms", t_fini);
+    check(t_fini < 2 * LATE_MS, "fini (LISTEN thread joined) took %.1f ms", t_fini);
 
     PQfinish(admin);
     uv_run(&loop, UV_RUN_NOWAIT);

@@ -212,7 +212,7 @@ START_TEST(lookup_deadline)
     uv_loop_t loop;
     uv_loop_init(&loop);
     dp_hook *h = load_testhook();
-    atomic_store(&control()->delay_ms, 400);
+    atomic_store(&control()->delay_ms, 3000); /* far past the deadline, even on a slow box */
     result r = {0};
     dp_hook_req req = {.user = "slow", .proto = DPH_PROTO_SSH, .timeout_ms = 50};
     uint64_t t0 = dp_now_ms();
@@ -222,7 +222,7 @@ START_TEST(lookup_deadline)
     ck_assert_int_eq(r.status, -ETIMEDOUT);
     ck_assert_int_eq(r.route.status, DPH_ROUTE_TEMPFAIL);
     uint64_t took = r.at_ms - t0;
-    ck_assert_msg(took >= 45 && took < 300, "deadline answered after %llu ms",
+    ck_assert_msg(took >= 45 && took < 2000, "deadline answered after %llu ms",
                   (unsigned long long)took);
     ck_assert_uint_eq(dp_hook_calls_in_flight(h), 0);
     atomic_store(&control()->delay_ms, 0);

