@@ -199,7 +199,7 @@ def t_sigterm(env):
         check(rc not in (None, 0) and "restarting for maintenance" in err,
               "at the 5 s deadline the client is disconnected with the drain message",
               (rc, err))
-        check(prc == 0 and 4.5 < took < 9, "the daemon exits 0 on time (%.1fs)" % took,
+        check(prc == 0 and 4.5 < took < 5 + 15, "the daemon exits 0 on time (%.1fs)" % took,
               "rc=%s" % prc)
         check(len(env.events("drain_deadline", after=mark, kicked="1")) == 1,
               "drain_deadline kicked=1 is logged")

@@ -121,7 +121,7 @@ def t_routing(env):
     while True:   # NOTIFY should make the first try land; the cache TTL bounds it anyway
         r = env.ssh(u1, "echo $DYNPROXY_BACKEND", key=True)
         seen.append(r.out.strip() or "rc=%s" % r.rc)
-        if r.out.strip() == "web2" or time.monotonic() - t0 > 1.0 + 2.0:
+        if r.out.strip() == "web2" or time.monotonic() - t0 > 20.0:
             break
         time.sleep(0.2)
     check(ok_out(r, "web2") and env.proxy_pid == pid,
@@ -163,7 +163,7 @@ def t_refusals(env):
                           (u0.name, "key_not_listed")):
             ok = env.wait_log(lambda t, user=user, why=why: bool(
                 [e for e in env.events("auth_fail", after=off, user=user)
-                 if e.get("reason") == why]), after=off, timeout=3)
+                 if e.get("reason") == why]), after=off, timeout=30)
             check(ok, "event=auth_fail user=%s reason=%s logged" % (user, why),
                   "\n".join(e["_line"] for e in env.events("auth_fail", after=off))
                   or "no auth_fail lines")
@@ -204,15 +204,15 @@ def t_dead_backend(env):
         for how in ("key", "password"):
             kw = {"key": True} if how == "key" else {"password": True}
             r = env.ssh(u2, "true", loglevel="INFO", timeout=30, **kw)
-            check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 10,
-                  "stopped backend (%s login): 'temporarily unavailable' in < 10 s" % how, r)
+            check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 25,
+                  "stopped backend (%s login): 'temporarily unavailable' in < 25 s (the client gives up at 30)" % how, r)
         silent = socket.socket()
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)     # accepts (kernel backlog) but never says a word
         env.set_backend_port("web2", silent.getsockname()[1])
         r = env.ssh(u2, "true", key=True, loglevel="INFO", timeout=30)
-        check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 10,
-              "silent backend (no SSH banner): 'temporarily unavailable' in < 10 s", r)
+        check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 25,
+              "silent backend (no SSH banner): 'temporarily unavailable' in < 25 s (the client gives up at 30)", r)
     finally:
         if silent is not None:
             silent.close()
@@ -231,13 +231,13 @@ def t_hostkey(env):
     env.set_pin("web2", "random")
     try:
         r = env.ssh(u2, "echo $DYNPROXY_BACKEND", key=True, loglevel="INFO", timeout=30)
-        check(r.rc not in (0, None) and "web2" not in r.out and r.secs < 10,
+        check(r.rc not in (0, None) and "web2" not in r.out and r.secs < 25,
               "pin mismatch (key login): refused", r)
         r = env.ssh(u2, "echo $DYNPROXY_BACKEND", password=True, loglevel="INFO", timeout=30)
-        check(r.rc not in (0, None) and "web2" not in r.out and r.secs < 10,
+        check(r.rc not in (0, None) and "web2" not in r.out and r.secs < 25,
               "pin mismatch (password login): refused", r)
         if not env.selftest:
-            check(env.wait_log("host key mismatch", after=off, timeout=3),
+            check(env.wait_log("host key mismatch", after=off, timeout=30),
                   "proxy log says 'host key mismatch'", dpenv.tail(env.logfile, 10))
         time.sleep(0.5)
         sshd = open(be.sshd_log, errors="replace").read()[sshd_off:]
@@ -573,7 +573,7 @@ def t_known_hosts(env):
         r = env.ssh(env.users[2], "echo $DYNPROXY_BACKEND", key=True, timeout=30)
         check(r.rc not in (0, None) and "web2" not in r.out,
               "unpinned route, backend not in ssh.known_hosts: refused", r)
-        check(env.wait_log("event=hostkey_unknown", after=off, timeout=3),
+        check(env.wait_log("event=hostkey_unknown", after=off, timeout=30),
               "the refusal is logged as hostkey_unknown", dpenv.tail(env.logfile, 5))
     finally:
         for name in env.backends:
@@ -613,20 +613,21 @@ def t_limits(env):
         a, b = silent_conn(env.port), silent_conn(env.port)
         time.sleep(0.3)
         c = silent_conn(env.port)
-        closed, took = closed_within(c, 1.0)
-        check(closed and took < 0.5, "max_startups_per_ip=2: a third unauthenticated "
+        closed, took = closed_within(c, 10.0)
+        # at once: well before login_grace_ms (1.5 s) would have ended it anyway
+        check(closed and took < 1.0, "max_startups_per_ip=2: a third unauthenticated "
               "connection from the same address is dropped at once", "%.2fs" % took)
-        closed, took = closed_within(a, 3.0)
-        check(closed and 1.0 <= took + 0.3 <= 2.5,
+        closed, took = closed_within(a, 10.0)
+        check(closed and 1.0 <= took + 0.3 <= 1.5 + 5,
               "login_grace_ms=1500: a silent client is disconnected on time", "%.2fs" % took)
         b.close()
         c.close()
         r = env.ssh(env.users[0], "echo $DYNPROXY_BACKEND", key=True)
         check(ok_out(r, "web1"), "slots are released: a normal login works again", r)
         t0 = time.monotonic()
-        r = env.ssh(env.users[0], "sleep 6; echo done", key=True, loglevel="INFO", timeout=20)
+        r = env.ssh(env.users[0], "sleep 30; echo done", key=True, loglevel="INFO", timeout=60)
         took = time.monotonic() - t0
-        check(r.rc != 0 and "done" not in r.out and took < 5,
+        check(r.rc != 0 and "done" not in r.out and took < 20,
               "idle_timeout_s=2: a silent session is closed with the reason",
               "%s (%.1fs)" % (r, took))
         # Two wrong passwords cost ~4 s of backend PAM delay: more than the short grace above.
@@ -652,13 +653,14 @@ def t_limits(env):
             # still opening would be refused, which is a different, also correct, outcome).
             ready, _, _ = select.select([p.stdout], [], [], 15)
             started = bool(ready) and p.stdout.readline().strip() == b"running"
-            started = started and env.wait_log("event=session_start", after=off, timeout=5)
+            started = started and env.wait_log("event=session_start", after=off, timeout=30)
             t0 = time.monotonic()
             env.proxy.signal(signal.SIGINT)
-            rc = env.proxy.wait(10)
+            rc = env.proxy.wait(20)
             took = time.monotonic() - t0
             out, err = p.communicate(timeout=10)
-            check(started and rc == 0 and took < 3,
+            # at once: far from the 30 s the session would run (a drain would wait for it)
+            check(started and rc == 0 and took < 15,
                   "SIGINT with a session open: sshproxy exits 0 at once", "rc=%s %.1fs" % (rc, took))
             check(b"proxy shutting down" in err, "the client is told 'proxy shutting down'",
                   err[-300:])
@@ -745,16 +747,21 @@ def t_controlmaster(env):
                      "master exit %s" % master.poll()):
             return
         datas = [os.urandom(4 * MiB) for _ in range(3)]
-        t0 = time.monotonic()
+        # each command says when it started and ended (backend clock): in parallel means
+        # every one started before any ended, whatever the machine's speed
         with ThreadPoolExecutor(3) as pool:
-            futs = [pool.submit(mux, "sleep 2; sha256sum; echo $DYNPROXY_BACKEND",
-                                input=d, binary=True, timeout=60) for d in datas]
+            futs = [pool.submit(mux, "date +%s.%N; sleep 2; sha256sum; echo $DYNPROXY_BACKEND; "
+                                "date +%s.%N", input=d, binary=True, timeout=60) for d in datas]
             res = [f.result() for f in futs]
-        took = time.monotonic() - t0
+        spans = []
         for i, (r, d) in enumerate(zip(res, datas)):
-            check(r.rc == 0 and r.out.split() == [sha(d).encode(), b"-", b"web1"],
+            words = r.out.split()
+            check(r.rc == 0 and len(words) == 5 and words[1:4] == [sha(d).encode(), b"-", b"web1"],
                   "multiplexed channel %d: 4 MiB stdin checksum and backend right" % (i + 1), r)
-        check(took < 5.5, "the 3 channels ran in parallel (%.1fs < 5.5s; serial >= 6s)" % took)
+            if len(words) == 5:
+                spans.append((float(words[0]), float(words[4])))
+        check(len(spans) == 3 and max(a for a, _ in spans) < min(b for _, b in spans),
+              "the 3 channels ran in parallel (each started before any ended)", spans)
         r = mux("echo still-here")
         check(ok_out(r, "still-here"), "the master connection still serves a 4th channel", r)
         # The mux master sends CLOSE as soon as EOF went both ways; the exit status comes a
@@ -970,16 +977,16 @@ def t_db_down(env):
     try:
         time.sleep(1.2)      # the route's TTL ends: what follows is served stale
         r = env.ssh(u, "echo $DYNPROXY_BACKEND", password=True, timeout=30)
-        check(ok_out(r, "web1") and r.secs < 10,
+        check(ok_out(r, "web1") and r.secs < 25,
               "PostgreSQL down: a cached route still logs in with a password (stale)", r)
         r = env.ssh(u, "echo $DYNPROXY_BACKEND", key=True, timeout=30)
-        check(ok_out(r, "web1") and r.secs < 10,
+        check(ok_out(r, "web1") and r.secs < 25,
               "PostgreSQL down: a user who was working logs in with a key too (docs/hooks.md "
               "stale-if-error: 'customers who were working keep working')", r)
         nobody = "dpt_nx" + os.urandom(3).hex()
         r = env.ssh(nobody, "true", password="whatever1", loglevel="INFO", timeout=30)
-        check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 10,
-              "PostgreSQL down: an uncached user gets 'temporarily unavailable' in < 10 s", r)
+        check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 25,
+              "PostgreSQL down: an uncached user gets 'temporarily unavailable' in < 25 s (the client gives up at 30)", r)
     finally:
         env.pg.start()
 

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 import dpenv  # noqa: E402
 from checks import Checks  # noqa: E402
-from proxy_env import asan_process, kill_group, raise_nofile, vm_rss_kib  # noqa: E402
+from proxy_env import asan_small_quarantine, kill_group, raise_nofile, vm_rss_kib  # noqa: E402
+from proxy_env import rss_bound as allowance  # noqa: E402
 from sshproxy_env import SshProxyEnv  # noqa: E402
 
 check = Checks()
@@ -36,7 +37,12 @@ STALL_SECONDS = 5.0
 SESSIONS = 200
 NUSERS = 4
 ECHO_BYTES = 1 * MiB
-BARRIER_TIMEOUT = 120.0
+BARRIER_TIMEOUT = 600.0     # an upper bound only: the wait ends when all are there
+# Sessions start RAMP_S apart (4 s for all 200): 200 key exchanges at one instant, each one
+# twice through the proxy, are a CPU burst that a slow or busy machine spreads over more than
+# any login grace time; what is tested is that 200 sessions are open at the same moment (the
+# barrier on the backend), not how fast a burst of handshakes goes (bench/ssh_bench.py).
+RAMP_S = 0.02
 
 
 def note(msg, *args):
@@ -97,8 +103,10 @@ def sample_rss(pid, seconds, interval=0.1):
 
 
 def rss_bound(env):
-    mib = RSS_BOUND_MIB * (2 if asan_process(env.proxy_pid) else 1)
-    return mib * 1024, mib
+    """(KiB, MiB) of RSS growth allowed: RSS_BOUND_MIB, or what proxy_env allows an ASan
+    build for it (with the small quarantine main() asks for)."""
+    b = allowance(env.proxy_pid, RSS_BOUND_MIB << 20)
+    return b >> 10, b >> 20
 
 
 # ---- 1 slow reader, download ----------------------------------------------------------------
@@ -215,12 +223,13 @@ def t_concurrent(env):
     off = env.log_offset()
     t0 = time.monotonic()
 
-    def one(job):
+    def one(i, job):
         u, data, _ = job
-        return env.ssh(u, cmd, key=True, input=data, binary=True, timeout=240)
+        time.sleep(i * RAMP_S)
+        return env.ssh(u, cmd, key=True, input=data, binary=True, timeout=BARRIER_TIMEOUT)
 
     with ThreadPoolExecutor(SESSIONS) as pool:
-        futs = [pool.submit(one, j) for j in jobs]
+        futs = [pool.submit(one, i, j) for i, j in enumerate(jobs)]
         peak = [0]
 
         def count():
@@ -257,7 +266,7 @@ def t_concurrent(env):
           "\n".join(wrong_backend[:5]))
     if not env.selftest:
         env.wait_log(lambda t: len(env.events("session_end", after=off)) >= SESSIONS,
-                     after=off, timeout=10)
+                     after=off, timeout=60)
         ends = [e for e in env.events("session_end", after=off)
                 if e.get("user") in {u.name for u in users}]
         full = [e for e in ends if int(e.get("bytes_in", "0") or 0) >= ECHO_BYTES
@@ -277,8 +286,10 @@ TESTS = [
 
 def main(argv):
     raise_nofile(8192)
+    asan_small_quarantine()
     return SshProxyEnv.run_suite(check, "test_sshproxy_load", TESTS, argv,
-                                 {"nusers": NUSERS, "ssh_conf": {"max_startups_per_ip": 1000}},
+                                 {"nusers": NUSERS, "ssh_conf": {"max_startups_per_ip": 1000,
+                                                                 "login_grace_ms": 120000}},
                                  setup=SshProxyEnv.spread_users)
 
 

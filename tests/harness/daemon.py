@@ -39,7 +39,7 @@ class Daemon:
             f.seek(at)
             return f.read()
 
-    def wait_log(self, needle, timeout=5.0, after=0):
+    def wait_log(self, needle, timeout=30.0, after=0):
         """Wait until `needle` appears in the log past offset `after`; returns True/False."""
         return dpenv.wait_until(lambda: needle in self.log()[after:], timeout)
 
@@ -53,7 +53,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout=15.0):
+    def stop(self, timeout=60.0):
         """SIGTERM and wait; returns (exit status, seconds taken). Kills it after timeout."""
         if self.proc is None or self.proc.poll() is not None:
             return (self.proc.returncode if self.proc else None, 0.0)

@@ -482,7 +482,7 @@ class ProxyEnv:
     def log_offset(self):
         return len(self.log())
 
-    def wait_log(self, needle, after=0, timeout=5.0):
+    def wait_log(self, needle, after=0, timeout=30.0):
         """True when needle (a str, or a callable on the new text) shows up past `after`."""
         pred = needle if callable(needle) else (lambda text: needle in text)
         return bool(dpenv.wait_until(lambda: pred(self.log()[after:]), timeout))
@@ -499,7 +499,7 @@ class ProxyEnv:
                 out.append(f)
         return out
 
-    def wait_events(self, event, after=0, count=1, timeout=5.0, **match):
+    def wait_events(self, event, after=0, count=1, timeout=30.0, **match):
         """events(...) once at least `count` of them are there, or what there is at timeout."""
         dpenv.wait_until(lambda: len(self.events(event, after, **match)) >= count, timeout)
         return self.events(event, after, **match)
