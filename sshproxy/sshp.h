@@ -32,7 +32,8 @@ typedef struct sshp_conf {
     int max_auth_tries;
     int max_startups;
     int max_startups_per_ip;
-    int connect_timeout_ms;
+    int connect_timeout_ms;   /* the backend's TCP connect (and name lookup) */
+    int handshake_timeout_ms; /* the SSH handshake with the backend, up to its host key */
     int idle_timeout_s;
     int channel_buffer;
     int auth_fail_delay_ms;

@@ -37,11 +37,18 @@ static void be_failed(sshp_conn *c, const char *fmt, ...)
     sshp_conn_pump(c);
 }
 
+/* Two deadlines, each no shorter than what a client connecting directly would wait: after a
+ * mass reconnect a backend's accept queue overflows (SYNs retransmitted 1, 3, 7, 15 s later)
+ * and sshd re-executes itself and runs a key exchange per connection on busy cores; giving up
+ * earlier turns a slow backend into refused customers. */
 static void on_be_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
-    if (c->be < BE_READY)
-        be_failed(c, "connect timed out after %d ms", sshp_conf_of(c->w)->connect_timeout_ms);
+    const sshp_conf *cf = sshp_conf_of(c->w);
+    if (c->be == BE_HANDSHAKE)
+        be_failed(c, "ssh handshake timed out after %d ms", cf->handshake_timeout_ms);
+    else if (c->be < BE_READY)
+        be_failed(c, "connect timed out after %d ms", cf->connect_timeout_ms);
 }
 
 /* ---- SSH handshake ---- */
@@ -108,6 +115,9 @@ static void start_handshake(sshp_conn *c)
         return;
     }
     c->be = BE_HANDSHAKE;
+    if (c->be_timer_open)
+        uv_timer_start(&c->be_timer, on_be_timer,
+                       (uint64_t)sshp_conf_of(c->w)->handshake_timeout_ms, 0);
     if (rc == SSH_OK)
         sshp_backend_step(c);
 }

@@ -52,7 +52,7 @@ from checks import Checks  # noqa: E402
 from daemon import run_check  # noqa: E402
 from pg import sql_literal  # noqa: E402
 from proxy_env import kill_group, run_cmd  # noqa: E402
-from sshproxy_env import SSHPROXY, SshProxyEnv  # noqa: E402
+from sshproxy_env import DEFAULT_SSH_CONF, SSHPROXY, SshProxyEnv  # noqa: E402
 from users import make_keypair  # noqa: E402
 
 check = Checks()
@@ -210,13 +210,24 @@ def t_dead_backend(env):
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)     # accepts (kernel backlog) but never says a word
         env.set_backend_port("web2", silent.getsockname()[1])
+        env.ssh_conf["backend_handshake_timeout_ms"] = 2000
+        env.restart_proxy()
+        off = env.log_offset()
         r = env.ssh(u2, "true", key=True, loglevel="INFO", timeout=30)
         check(r.rc not in (0, None) and UNAVAILABLE in r.err.lower() and r.secs < 25,
-              "silent backend (no SSH banner): 'temporarily unavailable' in < 25 s (the client gives up at 30)", r)
+              "silent backend (no SSH banner), backend_handshake_timeout_ms=2000: 'temporarily "
+              "unavailable' in < 25 s (the client gives up at 30)", r)
+        if not env.selftest:
+            check(env.wait_log("ssh handshake timed out after 2000 ms", after=off),
+                  "the log says why: 'ssh handshake timed out after 2000 ms'",
+                  dpenv.tail(env.logfile, 6))
     finally:
         if silent is not None:
             silent.close()
             env.set_backend_port("web2", None)
+        env.ssh_conf["backend_handshake_timeout_ms"] = DEFAULT_SSH_CONF[
+            "backend_handshake_timeout_ms"]
+        env.restart_proxy()
         be.start()
     r = env.ssh(u2, "echo $DYNPROXY_BACKEND", key=True)
     check(ok_out(r, "web2"), "backend back up: the user logs in on web2 again", r)

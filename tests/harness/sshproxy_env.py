@@ -40,11 +40,12 @@ from users import make_keypair  # noqa: E402
 SSHPROXY = os.path.join(BUILD, "sshproxy", "sshproxy")
 
 DEFAULT_SSH_CONF = {
-    "login_grace_ms": 30000,
+    "login_grace_ms": 120000,
     "max_auth_tries": 6,
     "max_startups": 1000,
     "max_startups_per_ip": 100,
-    "connect_timeout_ms": 5000,
+    "connect_timeout_ms": 30000,
+    "backend_handshake_timeout_ms": 60000,
     "idle_timeout_s": 0,
     "channel_buffer": 2097152,
 }
