@@ -7,9 +7,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Input is discarded through one buffer per process: its content is never looked at, so
- * threads may share it. */
-static char discard_buf[16384];
 #define READS_PER_WAKEUP 16
 
 typedef struct dp_linger {
@@ -52,6 +49,7 @@ static void on_readable(uv_poll_t *p, int status, int events)
         finish(l);
         return;
     }
+    char discard_buf[16384]; /* never looked at */
     for (int i = 0; i < READS_PER_WAKEUP; i++) {
         size_t want = l->left < sizeof discard_buf ? l->left : sizeof discard_buf;
         ssize_t n = recv(l->fd, discard_buf, want, MSG_DONTWAIT);

@@ -25,6 +25,8 @@
 /* What a client that keeps sending after our DISCONNECT may make us read and discard (no
  * memory is kept for it) before its connection is reset. */
 #define LINGER_MAX_BYTES (16u << 20)
+/* ...and how long, when the worker is stopping (within shutdown_timeout_ms). */
+#define LINGER_STOPPING_MS 200
 #define PUMP_ROUNDS 8
 /* Messages handled per session per round: a client that keeps sending must not hold the loop
  * (ssh_message_get reads more whenever its queue is empty). */
@@ -85,7 +87,9 @@ static void handle_closed(uv_handle_t *h)
         /* after our DISCONNECT, the client's further input must not turn our close into an
          * RST that drops the DISCONNECT unread (dp_linger.h); our dup is the last fd */
         if (c->linger)
-            dp_linger_close(dp_worker_loop(c->w), c->cpoll_fd, CLOSE_FLUSH_MS, LINGER_MAX_BYTES);
+            dp_linger_close(dp_worker_loop(c->w), c->cpoll_fd,
+                            dp_worker_stopping(c->w) ? LINGER_STOPPING_MS : CLOSE_FLUSH_MS,
+                            LINGER_MAX_BYTES);
         else
             close(c->cpoll_fd);
         c->cpoll_fd = -1;
@@ -169,6 +173,13 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
     if (!*open)
         return;
     if (s == NULL || ssh_get_fd(s) == SSH_INVALID_SOCKET) {
+        uv_poll_stop(p);
+        return;
+    }
+    if (s == c->cs && c->state != CONN_CLOSING && !client_readable(c)) {
+        /* Not even writable: libssh keeps POLLOUT in its flags after input came in the same
+         * poll, so a writable socket would fire on every loop turn with nothing to do. The
+         * backlog is driven by next_turn; a drop of held_bytes comes with a backend event. */
         uv_poll_stop(p);
         return;
     }
@@ -295,8 +306,11 @@ static void pump_once(sshp_conn *c)
     }
     if (c->state == CONN_AUTH)
         sshp_auth_progress(c);
+    bool over = c->held_bytes >= SSHP_HELD_MAX;
     if (c->state == CONN_OPEN)
         sshp_channels_progress(c);
+    if (over && c->held_bytes < SSHP_HELD_MAX)
+        c->pump_again = true; /* libssh may hold messages we stopped taking at the bound */
     if (c->state == CONN_DEAD)
         return;
     if (c->abuse != NULL && c->state != CONN_CLOSING) {
@@ -429,6 +443,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
     /* libssh drops the DISCONNECT unless the output side is idle when ssh_disconnect runs:
      * flush first (the pump calls ssh_disconnect when nothing is pending), bounded. */
     ssh_session_set_disconnect_message(c->cs, client_msg);
+    c->client_writable = false; /* only a writable poll from now on counts (closing reads) */
     c->state = CONN_CLOSING;
     sshp_conn_arm_timer(c, CLOSE_FLUSH_MS);
     if (!c->in_pump)

@@ -22,7 +22,9 @@ Sections, each a list of checks that can fail:
      their places, which makes the order visible). 64 pending and one more ends the
      connection: DISCONNECT "protocol violation", "too many pending channel requests" logged
      (warning and session_end), no reply out of turn; so does a flood of 1000 (62.5 MiB),
-     proxy RSS < 32 MiB above its start. 1000 window-changes (resize_pty) on a pty session
+     proxy RSS < 32 MiB above its start, and the proxy read no more of it than the design
+     bound (session_end client_read). 48 env requests of 192 KiB (over SSHP_HELD_MAX, under
+     MAX_REQS) are held back instead: all answered in order after SIGCONT. 1000 window-changes (resize_pty) on a pty session
      behind a pending env request share one slot, before the shell starts and while it runs:
      the connection stays, and after SIGCONT `stty size` in the shell shows the last size
      sent. 200 tcpip-forward requests all wait (MAX_GLOBALS 256) and after SIGCONT all
@@ -704,6 +706,31 @@ def t_request_queues(env):
         pings.append(echo(och, b"ping3\n"))
         check(pings[-1] == b"ping3\n",
               "the other user's session still echoes after both connections were cut", pings)
+
+        # -- over SSHP_HELD_MAX (8 MiB of queued request bytes) with fewer than MAX_REQS
+        # pending: backpressure, not an error. The proxy stops reading the client until
+        # requests complete; none is lost, every one is answered in order.
+        before = backend_sshd_pids(u2)
+        h = connect(u2)
+        hch = h.open_session(timeout=10)
+        h.raw_replies.add(hch.chanid)
+        hpids = session_sshd(u2, before)
+        stop(hpids)
+        nbig, big = 48, "b" * (192 * KiB)
+        sent = h.burst(env_req(hch, "DP_H%d" % i, big) for i in range(nbig))
+        time.sleep(1.0)
+        early = h.replies(kinds, hch.chanid)
+        alive = h.is_active()
+        resumed(hpids)
+        h.wait(lambda: len(h.replies(kinds, hch.chanid)) >= nbig or not h.is_active(), 60)
+        got = h.replies(kinds, hch.chanid)
+        check(sent and alive and not early and got == [MSG_CHANNEL_SUCCESS] * nbig and
+              h.is_active() and barrier(h),
+              "%d env requests of 192 KiB (%s, over SSHP_HELD_MAX 8 MiB) on a stalled channel: "
+              "held back, not cut; after SIGCONT all answered, in order, and the connection "
+              "goes on" % (nbig, mib(nbig * len(big))),
+              "sent=%s alive=%s early=%s replies %s active=%s"
+              % (sent, alive, reply_summary(early), reply_summary(got), h.is_active()))
 
         # -- window-change: coalesced behind a pending request, the last size wins. Without
         # a request pending each one is forwarded at once (no reply is awaited), so each
