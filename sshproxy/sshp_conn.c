@@ -34,6 +34,15 @@
 
 static void conn_end(sshp_conn *c);
 
+/* A closing connection ends before its DISCONNECT could be written (the flush deadline, or
+ * the reads a closing connection gets, ran out): the log says so. */
+static void end_unflushed(sshp_conn *c)
+{
+    snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
+             " (disconnect message not flushed)");
+    conn_end(c);
+}
+
 /* ---- handles ---- */
 
 /* glibc keeps freed heap pages; after sessions end, RSS would stay at its high-water mark and
@@ -183,13 +192,11 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         uv_poll_stop(p);
         return;
     }
-    int ev = s != c->cs || client_readable(c) ? UV_READABLE : 0;
-    if ((ssh_get_poll_flags(s) & SSH_WRITE_PENDING) || (s == c->cs && c->state == CONN_CLOSING))
+    /* a closing client is only written to (its reads come with the flushes, see pump_once) */
+    int ev = s == c->cs && c->state == CONN_CLOSING ? UV_WRITABLE : UV_READABLE;
+    if (ssh_get_poll_flags(s) & SSH_WRITE_PENDING)
         ev |= UV_WRITABLE;
-    if (ev == 0)
-        uv_poll_stop(p);
-    else
-        uv_poll_start(p, ev, on_poll);
+    uv_poll_start(p, ev, on_poll);
 }
 
 int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd)
@@ -330,9 +337,7 @@ static void pump_once(sshp_conn *c)
             dead || (!(ssh_get_status(c->cs) & SSH_WRITE_PENDING) &&
                      (!(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING) || c->closing_writable));
         if (!ready && c->closing_reads >= SSHP_CLOSING_READS) {
-            snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
-                     " (disconnect message not flushed)");
-            conn_end(c);
+            end_unflushed(c);
             return;
         }
         if (ready) {
@@ -412,9 +417,7 @@ static void on_timer(uv_timer_t *t)
         break;
     }
     case CONN_CLOSING:
-        snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
-                 " (disconnect message not flushed)");
-        conn_end(c);
+        end_unflushed(c);
         break;
     case CONN_DEAD:
         break;
