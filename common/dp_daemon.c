@@ -541,7 +541,9 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
             test_only = dump = true;
             break;
         case 'V':
-            printf("%s %s (hook ABI %u.%u)\n", def->name, DP_VERSION, DPH_ABI_MAJOR, DPH_ABI_MINOR);
+            printf("%s %s (hook ABI %u.%u)%s%s\n", def->name, DP_VERSION, DPH_ABI_MAJOR,
+                   DPH_ABI_MINOR, def->build_info != NULL ? " " : "",
+                   def->build_info != NULL ? def->build_info : "");
             return 0;
         case 'h':
             usage(def, stdout);
@@ -656,9 +658,11 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         for (size_t i = 0, pos = 0; i < c->listen.n && pos < sizeof addrs; i++)
             pos += (size_t)snprintf(addrs + pos, sizeof addrs - pos, "%s%s", i ? "," : "",
                                     c->listen.v[i]);
-        dp_log_event(DP_LOG_INFO, NULL, "start", "version=%s workers=%d listen=%s hook=%s user=%s",
-                     DP_VERSION, nworkers, addrs, dp_hook_name(d.gen->hook->hook),
-                     d.privs.change ? d.privs.user : "-");
+        dp_log_event(DP_LOG_INFO, NULL, "start",
+                     "version=%s workers=%d listen=%s hook=%s user=%s%s%s", DP_VERSION, nworkers,
+                     addrs, dp_hook_name(d.gen->hook->hook), d.privs.change ? d.privs.user : "-",
+                     def->build_info != NULL ? " " : "",
+                     def->build_info != NULL ? def->build_info : "");
         dp_sdnotify_ready("accepting");
         dp_sdnotify_status_timer_start(d.loop, 5000);
         uv_run(d.loop, UV_RUN_DEFAULT); /* until stop() */

@@ -93,6 +93,9 @@ typedef struct dp_daemon_def {
     /* Cross-key validation after loading. Return 0, or -1 with err set. */
     int (*check)(const void *conf, const dp_conf_src *src, char *err, size_t errlen);
     const dp_worker_ops *ops; /* accept etc.; dp_daemon_worker_cache() is ready in start */
+    /* Optional: what the daemon is built on, for -V and the start log line
+     * ("libssh=0.12.2 libssh_patches=pty-modes,break"); key=value words. */
+    const char *build_info;
     /* Optional: every invalidation any loaded hook issues (user NULL = all), for state the
      * daemon keeps beside the route caches. Called from any thread; must not block. */
     void (*on_invalidate)(const char *user);

@@ -38,7 +38,30 @@ typedef struct sshp_conf {
     int channel_buffer;
     int auth_fail_delay_ms;
     char *version;
+    char *kex_algorithms; /* comma-separated, as OpenSSH writes them (sshp_algos.c) */
+    char *ciphers;
+    char *macs;
+    char *hostkey_algorithms;
 } sshp_conf;
+
+/* ---- algorithms (sshp_algos.c) ---- */
+
+/* Client-facing defaults; why these: sshp_algos.c. */
+#define SSHP_DEFAULT_KEX                                                                           \
+    "mlkem768x25519-sha256,sntrup761x25519-sha512,sntrup761x25519-sha512@openssh.com,"             \
+    "curve25519-sha256,curve25519-sha256@libssh.org"
+#define SSHP_DEFAULT_HOSTKEY_ALGOS "ssh-ed25519,rsa-sha2-512,rsa-sha2-256"
+#define SSHP_DEFAULT_CIPHERS                                                                       \
+    "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,"      \
+    "aes192-ctr,aes128-ctr"
+#define SSHP_DEFAULT_MACS "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com"
+/* Config checks: every name known to the linked libssh, none twice. */
+int sshp_check_kex(const void *value, char *err, size_t errlen);
+int sshp_check_ciphers(const void *value, char *err, size_t errlen);
+int sshp_check_macs(const void *value, char *err, size_t errlen);
+int sshp_check_hostkey_algos(const void *value, char *err, size_t errlen);
+/* What the proxy offers its backends: post-quantum first, then older exchanges. */
+const char *sshp_backend_kex(void);
 
 /* ---- per worker (sshp_worker.c) ---- */
 
@@ -90,6 +113,7 @@ typedef enum sshp_req_kind {
     REQ_WINDOW_CHANGE,
     REQ_SIGNAL,
     REQ_AGENT,
+    REQ_BREAK,
     REQ_UNSUPPORTED,
 } sshp_req_kind;
 
@@ -100,7 +124,9 @@ typedef struct sshp_req {
     ssh_message msg; /* NULL for requests that came through callbacks (signal, agent) */
     char *a, *b;     /* term / command / subsystem / env name / signal name ; env value */
     int cols, rows;
-    size_t held; /* counted in the connection's held_bytes */
+    size_t modes_len;  /* pty: the client's encoded terminal modes, read from msg when sent */
+    uint32_t break_ms; /* break: its length (RFC 4335) */
+    size_t held;       /* counted in the connection's held_bytes */
     struct sshp_req *next;
 } sshp_req;
 

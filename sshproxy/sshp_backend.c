@@ -82,6 +82,7 @@ static void start_handshake(sshp_conn *c)
         ssh_options_set(c->bs, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_HOSTKEYS, BACKEND_HOSTKEYS) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_KEY_EXCHANGE, sshp_backend_kex()) != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_COMPRESSION, "no") != 0) {
         be_failed(c, "session options: %s", ssh_get_error(c->bs));
         return;

@@ -179,7 +179,7 @@ static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int co
 /* Append r to a list of p's requests (the queue, or the signals waiting to join it). */
 static void append(sshp_pair *p, sshp_req ***tail, sshp_req *r)
 {
-    r->held = (r->a != NULL ? strlen(r->a) : 0) + (r->b != NULL ? strlen(r->b) : 0);
+    r->held = (r->a != NULL ? strlen(r->a) : 0) + (r->b != NULL ? strlen(r->b) : 0) + r->modes_len;
     p->conn->held_bytes += r->held;
     p->nreqs++;
     r->next = NULL;
@@ -448,6 +448,9 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
         r->a = dupstr(ssh_message_channel_request_pty_term(m));
         r->cols = ssh_message_channel_request_pty_width(m);
         r->rows = ssh_message_channel_request_pty_height(m);
+#ifdef SSHP_HAVE_PTY_MODES
+        ssh_message_channel_request_pty_modes(m, &r->modes_len);
+#endif
         break;
     case SSH_CHANNEL_REQUEST_SHELL:
         r->kind = REQ_SHELL;
@@ -470,6 +473,12 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
         r->cols = ssh_message_channel_request_pty_width(m);
         r->rows = ssh_message_channel_request_pty_height(m);
         break;
+#ifdef SSHP_HAVE_BREAK
+    case SSH_CHANNEL_REQUEST_BREAK:
+        r->kind = REQ_BREAK;
+        r->break_ms = ssh_message_channel_request_break_length(m);
+        break;
+#endif
     default:
         r->kind = REQ_UNSUPPORTED;
         break;
@@ -490,6 +499,20 @@ static void req_free(sshp_conn *c, sshp_req *r, bool reply_failure)
     free(r);
 }
 
+/* The client's terminal modes (erase character, iutf8, ...) go to the backend as the client
+ * encoded them (RFC 4254 section 8): sshd parses them itself. Without the libssh patch that
+ * exposes them (deps/libssh/patches/0001) the backend's pty keeps its defaults. */
+static int request_pty(sshp_pair *p, sshp_req *r)
+{
+#ifdef SSHP_HAVE_PTY_MODES
+    size_t len = 0;
+    const unsigned char *modes = ssh_message_channel_request_pty_modes(r->msg, &len);
+    if (modes != NULL)
+        return ssh_channel_request_pty_size_modes(p->bch, r->a, r->cols, r->rows, modes, len);
+#endif
+    return ssh_channel_request_pty_size(p->bch, r->a, r->cols, r->rows);
+}
+
 /* Issue the head request on the backend channel; libssh allows one at a time and a pending
  * call must be repeated with the same function until it answers. */
 static void progress_requests(sshp_pair *p)
@@ -499,7 +522,7 @@ static void progress_requests(sshp_pair *p)
         int rc;
         switch (r->kind) {
         case REQ_PTY:
-            rc = ssh_channel_request_pty_size(p->bch, r->a, r->cols, r->rows);
+            rc = request_pty(p, r);
             break;
         case REQ_SHELL:
             rc = ssh_channel_request_shell(p->bch);
@@ -521,6 +544,11 @@ static void progress_requests(sshp_pair *p)
             break;
         case REQ_AGENT:
             rc = ssh_channel_request_auth_agent(p->bch);
+            break;
+        case REQ_BREAK:
+            /* libssh sends break without want_reply (as OpenSSH's ~B does), so the client's
+             * reply, if it wants one, says the break was passed on, not that a tty took it. */
+            rc = ssh_channel_request_send_break(p->bch, r->break_ms);
             break;
         default:
             rc = SSH_ERROR;

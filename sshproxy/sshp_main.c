@@ -8,21 +8,6 @@
 #include "dp_log.h"
 #include "sshp.h"
 
-/* Modern algorithms only. No diffie-hellman-group-exchange: libssh would read and parse
- * /etc/ssh/moduli synchronously on the loop for each such key exchange. */
-#define SSHP_KEX                                                                                   \
-    "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,"        \
-    "ecdh-sha2-nistp521,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"              \
-    "diffie-hellman-group14-sha256"
-#define SSHP_CIPHERS                                                                               \
-    "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,"      \
-    "aes192-ctr,aes256-ctr"
-#define SSHP_MACS                                                                                  \
-    "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512"
-#define SSHP_HOSTKEY_ALGOS                                                                         \
-    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,"        \
-    "rsa-sha2-256"
-
 static int check_host_keys(const void *value, char *err, size_t errlen)
 {
     const dp_strlist *l = value;
@@ -81,6 +66,15 @@ static const dp_conf_entry sshp_entries[] = {
      "the backend (PAM)"},
     {"ssh.version", DP_CONF_STRING, OFF(version), "dynproxy", 1, 64, 0, NULL, NULL,
      "software version in the SSH banner (SSH-2.0-<this>)"},
+    {"ssh.kex_algorithms", DP_CONF_STRING, OFF(kex_algorithms), SSHP_DEFAULT_KEX, 0, 4096, 0, NULL,
+     sshp_check_kex, "key exchange methods offered to clients, comma-separated, preferred first"},
+    {"ssh.ciphers", DP_CONF_STRING, OFF(ciphers), SSHP_DEFAULT_CIPHERS, 0, 4096, 0, NULL,
+     sshp_check_ciphers, "ciphers offered to clients, comma-separated, preferred first"},
+    {"ssh.macs", DP_CONF_STRING, OFF(macs), SSHP_DEFAULT_MACS, 0, 4096, 0, NULL, sshp_check_macs,
+     "MACs offered to clients (AEAD ciphers need none), comma-separated"},
+    {"ssh.hostkey_algorithms", DP_CONF_STRING, OFF(hostkey_algorithms), SSHP_DEFAULT_HOSTKEY_ALGOS,
+     0, 4096, 0, NULL, sshp_check_hostkey_algos,
+     "host key signature algorithms offered to clients"},
 };
 #undef R
 #undef OFF
@@ -206,17 +200,17 @@ static int sshp_start(dp_worker *w)
     for (size_t i = 0; rc == 0 && i < cf->host_keys.n; i++)
         rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HOSTKEY, cf->host_keys.v[i], cf->host_keys.v[i]);
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_KEY_EXCHANGE, SSHP_KEX, "kex");
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_KEY_EXCHANGE, cf->kex_algorithms, "kex");
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_C_S, SSHP_CIPHERS, "ciphers");
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_C_S, cf->ciphers, "ciphers");
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_S_C, SSHP_CIPHERS, "ciphers");
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_CIPHERS_S_C, cf->ciphers, "ciphers");
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_C_S, SSHP_MACS, "macs");
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_C_S, cf->macs, "macs");
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_S_C, SSHP_MACS, "macs");
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HMAC_S_C, cf->macs, "macs");
     if (rc == 0)
-        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HOSTKEY_ALGORITHMS, SSHP_HOSTKEY_ALGOS,
+        rc = bind_set(sw->bind, SSH_BIND_OPTIONS_HOSTKEY_ALGORITHMS, cf->hostkey_algorithms,
                       "hostkey algorithms");
     if (rc == 0)
         rc = bind_set(sw->bind, SSH_BIND_OPTIONS_BANNER, banner, "banner");
@@ -273,6 +267,23 @@ static void sshp_fini(dp_worker *w)
 
 static const dp_worker_ops sshp_ops = {sshp_start, sshp_accept, sshp_stop, sshp_fini};
 
+/* "libssh=0.12.2/openssl/zlib libssh_patches=pty-modes,break", for -V and the start log. */
+static char build_info[160];
+
+static void describe_build(void)
+{
+    const char *patches = ""
+#ifdef SSHP_HAVE_PTY_MODES
+                          ",pty-modes"
+#endif
+#ifdef SSHP_HAVE_BREAK
+                          ",break"
+#endif
+        ;
+    snprintf(build_info, sizeof build_info, "libssh=%s libssh_patches=%s", ssh_version(0),
+             patches[0] != '\0' ? patches + 1 : "none");
+}
+
 static const dp_daemon_def sshp_def = {
     .name = "sshproxy",
     .default_config = "/etc/dynproxy/sshproxy.conf",
@@ -281,11 +292,13 @@ static const dp_daemon_def sshp_def = {
     .ops = &sshp_ops,
     .on_invalidate = sshp_keycache_drop,
     .sessions = sshp_conn_sessions,
+    .build_info = build_info,
 };
 
 int main(int argc, char **argv)
 {
     ssh_init();
+    describe_build();
     int rc = dp_daemon_main(&sshp_def, argc, argv);
     ssh_finalize();
     return rc;

@@ -1,0 +1,30 @@
+# scripts/lib/newer-apt.sh - sourced by scripts/build-libssh and scripts/deps: apt on a
+# private list of Debian's newer suites, for the few things Debian 12 has too old (libssh's
+# source package, ssh-audit). Its own sources list, lists and cache under $1: the machine's
+# apt configuration is not touched and nothing is installed from those suites. apt checks
+# every download against the suite's signed index (debian-archive-keyring).
+#
+#   newer_apt_init DIR "forky sid"   then   apt-get "${NEWER_APT[@]}" ...
+newer_apt_init() {
+  local dir=$1 suites=$2 suite
+  mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+  : >"$dir/sources.list"
+  for suite in $suites; do
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >>"$dir/sources.list"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >>"$dir/sources.list"
+  done
+  NEWER_APT=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+             -o "Dir::State::Lists=$dir/lists" -o "Dir::State::status=/dev/null"
+             -o "Dir::Cache=$dir" -o "Dir::Cache::archives=$dir/archives"
+             -o APT::Sandbox::User=root -qq)
+  apt-get "${NEWER_APT[@]}" update
+}
+
+# The newest version of a package in those suites whose version matches the regex $2.
+newer_apt_newest() {
+  local pkg=$1 re=$2 kind=${3:-showsrc} v newest=
+  for v in $(apt-cache "${NEWER_APT[@]}" "$kind" "$pkg" 2>/dev/null | awk '/^Version: / { print $2 }' | grep -E "$re" | sort -u); do
+    if [[ -z $newest ]] || dpkg --compare-versions "$v" gt "$newest"; then newest=$v; fi
+  done
+  echo "$newest"
+}
