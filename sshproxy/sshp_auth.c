@@ -220,9 +220,17 @@ static void auth_succeeded(sshp_conn *c)
         uv_timer_stop(&c->timer);
     c->logged_start = true;
     char user[160], backend[100];
-    dp_log_event(DP_LOG_INFO, NULL, "session_start", "sid=%s user=%s client=%s backend=%s auth=%s",
+    /* What each hop negotiated: an operator answering "is my session post-quantum?" reads
+     * it here (the backend hop is the weaker one when the backend is old). */
+    const char *ckex = ssh_get_kex_algo(c->cs), *bkex = ssh_get_kex_algo(c->bs);
+    const char *ccipher = ssh_get_cipher_in(c->cs), *bcipher = ssh_get_cipher_out(c->bs);
+    dp_log_event(DP_LOG_INFO, NULL, "session_start",
+                 "sid=%s user=%s client=%s backend=%s auth=%s kex=%s cipher=%s backend_kex=%s "
+                 "backend_cipher=%s",
                  c->sid, dp_logq(user, sizeof user, c->user), c->client_text,
-                 dp_logq(backend, sizeof backend, c->route.backend), c->auth_method);
+                 dp_logq(backend, sizeof backend, c->route.backend), c->auth_method,
+                 ckex != NULL ? ckex : "-", ccipher != NULL ? ccipher : "-",
+                 bkex != NULL ? bkex : "-", bcipher != NULL ? bcipher : "-");
     sshp_conn_notify_hook(c, false);
 }
 

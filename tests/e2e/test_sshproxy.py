@@ -448,6 +448,48 @@ def t_pty(env):
         c.close()
 
 
+def t_pty_modes(env):
+    """The client's terminal modes reach the backend's pty; ~B (break) reaches its sshd."""
+    u = env.add_user(debug_log=True)
+    argv, e = env.ssh_argv(u, None, key=True, extra=["-tt"])
+    e["TERM"] = "xterm"
+    # The client's own terminal gets erase ^H and iutf8: a fresh Linux pty on the backend has
+    # neither (erase ^?, -iutf8), so seeing them there means the modes were forwarded.
+    wrapped = ["/bin/sh", "-c", "stty erase '^H' iutf8 && exec \"$@\"", "sh"] + argv
+    c = PtyClient(wrapped, e, 24, 80)
+    try:
+        c.send("echo READY$((6*7))\n")
+        if not check(c.expect(rb"READY42", 20) is not None,
+                     "ssh -tt from a terminal with erase ^H and iutf8: the shell answers",
+                     c.tail()):
+            return
+        c.send("echo \"ERASE[$(stty -a | grep -o '; erase = [^;]*')] "
+               "UTF8[$(stty -a | grep -o -- '-*iutf8')]\"\n")
+        m = c.expect(rb"ERASE\[; erase = ([^\]]*)\] UTF8\[(-*iutf8)\]", 10)
+        check(m is not None and m.group(1) == b"^H",
+              "the client's erase character (^H) is the backend pty's", m.group(0) if m
+              else c.tail())
+        check(m is not None and m.group(2) == b"iutf8",
+              "the client's iutf8 is set on the backend pty", m.group(0) if m else c.tail())
+        # Break: OpenSSH's ~B escape (at the start of a line). A Linux pty ignores a break
+        # (no break_ctl), so the proof is sshd's own log of the request on that session.
+        log = env.backends["web1"].sshd_log
+        before = dpenv.read_text(log)
+        c.send("\r~B")
+        rx = re.compile(r"session_input_channel_req: session \d+ req break")
+        seen = dpenv.wait_until(
+            lambda: len(rx.findall(dpenv.read_text(log))) > len(rx.findall(before)), 10)
+        check(seen, "~B: the backend's sshd receives a 'break' request on the session",
+              dpenv.tail(log, 5))
+        c.send("echo AFTER$((3+4))\n")
+        check(c.expect(rb"AFTER7", 10) is not None, "the session goes on after the break",
+              c.tail())
+        c.send("exit\n")
+        c.wait(15)
+    finally:
+        c.close()
+
+
 # ---- 8 file transfers -----------------------------------------------------------------------
 def t_transfers(env):
     u = env.users[0]
@@ -1010,6 +1052,7 @@ TESTS = [
     ("5 host key pin", t_hostkey),
     ("6 exec", t_exec),
     ("7 pty", t_pty),
+    ("7a pty modes and break", t_pty_modes),
     ("8 transfers", t_transfers),
     ("9 git", t_git),
     ("10 ControlMaster", t_controlmaster),

@@ -375,6 +375,20 @@ class ProxyEnv:
                   time.monotonic() - t0, self.tmp, self.port,
                   " ".join(u.name for u in self.users))
 
+    def add_user(self, backend="web1", debug_log=False):
+        """One more user, routed to `backend`, while the env runs. debug_log: a name the
+        backends' sshd logs at DEBUG1 (backends.DEBUG_USER_PREFIX)."""
+        from backends import DEBUG_USER_PREFIX
+        prefix = DEBUG_USER_PREFIX if debug_log else "dpt_"
+        u = create_user(prefix + secrets.token_hex(3 if debug_log else 4), keydir=self.keydir)
+        self.users.append(u)
+        self._add_user(u)
+        sql = ["INSERT INTO dynproxy.users (username, backend) VALUES (%s, %s);"
+               % (sql_literal(u.name), sql_literal(backend))]
+        extra = [q for q in self._extra_sql() if sql_literal(u.name) in q]
+        self.pg.psql("\n".join(sql + extra))
+        return u
+
     def write_config(self):
         lines = ["# %s e2e test configuration (tests/harness/%s_env.py)" % (self.NAME, self.NAME),
                  'log_level = "%s";' % self.log_level,
