@@ -278,6 +278,11 @@ static void pump_once(sshp_conn *c)
             c->state = CONN_AUTH;
         } else if (rc == SSH_ERROR) {
             snprintf(c->reason, sizeof c->reason, "key exchange failed: %s", ssh_get_error(c->cs));
+            /* Logged although no user is known yet (OpenSSH logs "Unable to negotiate" too):
+             * a customer whose old client offers nothing the defaults keep is found here. */
+            char reason[300];
+            dp_log_event(DP_LOG_INFO, NULL, "kex_fail", "sid=%s client=%s reason=%s", c->sid,
+                         c->client_text, dp_logq(reason, sizeof reason, c->reason));
             conn_end(c);
             return;
         }
