@@ -94,6 +94,12 @@ def t_routing(env):
             if len(parts) >= 3 and not line.startswith("#"):
                 seen[parts[1]] = parts[2]
         for typ, blob in sorted(env.host_pubs.items()):
+            if typ.startswith("ecdsa-"):
+                # loaded (ssh.host_keys) but not offered: ssh.hostkey_algorithms has no
+                # ecdsa by default (ssh-audit fails the NIST curves)
+                check(typ not in seen, "proxy does not offer its %s host key by default" % typ,
+                      "ssh-keyscan saw %s" % sorted(seen))
+                continue
             check(seen.get(typ) == blob, "proxy presents its own %s host key" % typ,
                   "ssh-keyscan saw %s; %s" % (sorted(seen), r))
 
