@@ -231,6 +231,19 @@ static void dopoll(ssh_event ev)
             break;
 }
 
+/* libssh 0.12 drops a data packet larger than the channel's window and only records "Window
+ * exceeded" as a fatal error on the session (channels.c, channel_rcv_data): the peer ignores
+ * flow control, and would go on sending into the void. End it as one that overfills the
+ * staging (HARD_CAP in sshp_channel.c) is ended. */
+static void check_window_abuse(sshp_conn *c, ssh_session s)
+{
+    if (c->abuse == NULL && s != NULL && ssh_get_error_code(s) == SSH_FATAL &&
+        strstr(ssh_get_error(s), "Window exceeded") != NULL) {
+        c->abuse = "peer ignores the channel window";
+        c->pump_again = true;
+    }
+}
+
 static void dispatch_client(sshp_conn *c, ssh_message m)
 {
     int type = ssh_message_type(m);
@@ -256,6 +269,7 @@ static void pump_once(sshp_conn *c)
     if (c->cs != NULL && !session_dead(c->cs)) {
         if (client_readable(c)) {
             dopoll(c->cev);
+            check_window_abuse(c, c->cs);
         } else if (c->state == CONN_CLOSING && c->client_writable &&
                    c->closing_reads < SSHP_CLOSING_READS) {
             /* the socket takes more of our output: flush it (this reads at most 4 KiB too,
@@ -269,8 +283,10 @@ static void pump_once(sshp_conn *c)
             c->closing_writable = was_empty && !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
         }
     }
-    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
+    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs)) {
         dopoll(c->bev);
+        check_window_abuse(c, c->bs);
+    }
 
     if (c->state == CONN_KEX) {
         int rc = ssh_handle_key_exchange(c->cs);

@@ -188,6 +188,17 @@ static int sshp_start(dp_worker *w)
     uv_unref((uv_handle_t *)&sw->trim_timer); /* never keeps a stopping loop alive */
     sw->trim_timer_open = true;
     ssh_set_log_callback(libssh_log);
+    if (dp_worker_index(w) == 0) {
+#ifndef SSHP_HAVE_PTY_MODES
+        dp_log_warn("libssh %s lacks deps/libssh/patches/0001: clients' terminal modes are not "
+                    "forwarded (backend ptys keep their defaults)",
+                    ssh_version(0));
+#endif
+#ifndef SSHP_HAVE_BREAK
+        dp_log_warn("libssh %s lacks deps/libssh/patches/0002: 'break' requests are refused",
+                    ssh_version(0));
+#endif
+    }
     ssh_set_log_level(DP_LOG_ENABLED(DP_LOG_DEBUG) ? SSH_LOG_PROTOCOL : SSH_LOG_WARN);
 
     sw->bind = ssh_bind_new();

@@ -927,6 +927,11 @@ def t_limits(env):
 
         slow_transfer_outlives_idle(env, u)
 
+        # A session's per-address slot is released when the proxy ends it (right after its
+        # session_end line), which can come after our close returned: wait for every session
+        # this section opened to have ended, or the two below may find a slot still held.
+        dpenv.wait_until(lambda: len(env.events("session_end", after=off))
+                         >= len(env.events("session_start", after=off)), 10)
         a, b = env.ftp(), env.ftp()
         try:
             s, greet = raw_connect(env)
