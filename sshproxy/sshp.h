@@ -359,8 +359,15 @@ void sshp_backend_cleanup(sshp_conn *c);
  * a message may carry up to libssh's 256 KiB packet). 64 pending env requests of 64 KiB each
  * (MAX_REQS) stay well inside it. */
 #define SSHP_HELD_MAX (8u << 20)
-/* Reads (each at most libssh's 4 KiB MAX_BUF_SIZE) a closing connection gets to flush. */
-#define SSHP_CLOSING_READS 64
+/* What libssh reads from a socket per readable event: its MAX_BUF_SIZE, which our build of it
+ * sets (deps/libssh/source) and CMake passes on; 4096 in a stock libssh. */
+#ifndef SSHP_LIBSSH_READ_MAX
+#define SSHP_LIBSSH_READ_MAX 4096
+#endif
+#define SSHP_READS_FOR(bytes)                                                                      \
+    ((bytes) / SSHP_LIBSSH_READ_MAX > 0 ? (bytes) / SSHP_LIBSSH_READ_MAX : 1)
+/* Reads a closing connection gets to flush (256 KiB of input at most). */
+#define SSHP_CLOSING_READS SSHP_READS_FOR(256u * 1024)
 
 typedef struct sshp_global {
     ssh_message msg;

@@ -15,11 +15,12 @@
 #include "dp_util.h"
 #include "sshp.h"
 
-/* dopoll reads at most 4 KiB per call (libssh 0.10): loop while it makes progress, bounded so
- * one busy connection cannot starve the others on the loop (256 calls = up to 1 MiB per turn).
- * Measured (bench/ssh_bench.py): 64 -> 256 took a 1 GiB chacha20 stream from 396 to 440 MB/s
- * and aes128-gcm from 729 to 834 MB/s (less pump overhead per byte); 1024 gave no more. */
-#define DOPOLL_BUDGET 256
+/* dopoll reads at most SSHP_LIBSSH_READ_MAX per call: loop while it makes progress, bounded
+ * so one busy connection cannot starve the others on the loop (up to 1 MiB per turn).
+ * Measured (bench/ssh_bench.py, libssh 0.10, 4 KiB reads): 64 -> 256 calls took a 1 GiB
+ * chacha20 stream from 396 to 440 MB/s and aes128-gcm from 729 to 834 MB/s (less pump
+ * overhead per byte); 1024 gave no more. */
+#define DOPOLL_BUDGET SSHP_READS_FOR(1u << 20)
 /* How long a disconnect message may take to flush before the socket is just closed. */
 #define CLOSE_FLUSH_MS 2000
 /* What a client that keeps sending after our DISCONNECT may make us read and discard (no
@@ -226,7 +227,7 @@ static bool session_dead(ssh_session s)
 
 static void dopoll(ssh_event ev)
 {
-    for (int i = 0; i < DOPOLL_BUDGET; i++)
+    for (unsigned i = 0; i < DOPOLL_BUDGET; i++)
         if (ssh_event_dopoll(ev, 0) != SSH_OK)
             break;
 }
@@ -272,7 +273,8 @@ static void pump_once(sshp_conn *c)
             check_window_abuse(c, c->cs);
         } else if (c->state == CONN_CLOSING && c->client_writable &&
                    c->closing_reads < SSHP_CLOSING_READS) {
-            /* the socket takes more of our output: flush it (this reads at most 4 KiB too,
+            /* the socket takes more of our output: flush it (this reads at most
+             * SSHP_LIBSSH_READ_MAX too,
              * which nothing will look at). Once a writable poll found nothing left to write,
              * libssh knows the socket is writable (write_wontblock) and ssh_disconnect will
              * write the DISCONNECT at once. */
@@ -311,7 +313,8 @@ static void pump_once(sshp_conn *c)
     if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
         ssh_message m;
         int n = 0;
-        /* ssh_message_get reads (4 KiB) when libssh's queue is empty: not over the bound */
+        /* ssh_message_get reads (SSHP_LIBSSH_READ_MAX) when libssh's queue is empty: not over
+         * the bound */
         c->client_backlog = false;
         while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
                c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
