@@ -5,13 +5,34 @@
 # every download against the suite's signed index (debian-archive-keyring).
 #
 #   newer_apt_init DIR "forky sid"   then   apt-get "${NEWER_APT[@]}" ...
+# The Debian mirror the machine's apt already uses for its own suite's main component.
+newer_apt_mirror() {
+  local m
+  m=$(apt-cache policy 2>/dev/null |
+      awk '$2 ~ /^(https?|file):/ && $3 ~ /^[a-z]+\/main$/ && $3 !~ /security/ { print $2; exit }')
+  if [[ -z $m ]]; then   # no lists yet: read the sources themselves
+    m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        awk '/^URIs:/ && $2 !~ /security/ && $2 ~ /debian\/?$/ { print $2; exit }')
+  fi
+  if [[ -z $m ]]; then
+    m=$(awk '$1 == "deb" && $2 !~ /security/ && $2 ~ /debian\/?$/ { print $2; exit }' \
+        /etc/apt/sources.list 2>/dev/null)
+  fi
+  echo "${m%/}"
+}
+
 newer_apt_init() {
-  local dir=$1 suites=$2 suite
+  local dir=$1 suites=$2 suite mirror
+  mirror=$(newer_apt_mirror)
+  if [[ -z $mirror ]]; then
+    echo "newer-apt: no Debian mirror found in the machine's apt sources (apt-cache policy)" >&2
+    return 1
+  fi
   mkdir -p "$dir/lists/partial" "$dir/archives/partial"
   : >"$dir/sources.list"
   for suite in $suites; do
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >>"$dir/sources.list"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >>"$dir/sources.list"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" >>"$dir/sources.list"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" >>"$dir/sources.list"
   done
   NEWER_APT=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
              -o "Dir::State::Lists=$dir/lists" -o "Dir::State::status=/dev/null"

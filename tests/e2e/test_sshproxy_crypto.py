@@ -15,6 +15,9 @@ Sections:
     operator's narrower list is what clients get
   5 ssh-audit (the newest Debian release, deps/ssh-audit): 0 failures and 0 warnings on the
     default configuration
+  6 OpenSSH 10.3 (deps/openssh-client): no "not using a post-quantum key exchange" warning
+    through the proxy (mlkem768x25519-sha256), and the warning does appear against a proxy
+    narrowed to curve25519-sha256 (so the check can fail)
 """
 import json
 import os
@@ -32,6 +35,8 @@ from sshproxy_env import SshProxyEnv  # noqa: E402
 check = Checks()
 PROBE = os.path.join(os.environ.get("DP_BUILD_DIR", "build"), "tests", "e2e", "e2e_ssh_probe")
 SSH_AUDIT_ROOT = os.environ.get("DP_SSH_AUDIT_ROOT", "/opt/dynproxy/ssh-audit")
+SSH10 = os.path.join(os.environ.get("DP_OPENSSH_PREFIX", "/opt/dynproxy/openssh"), "bin", "ssh")
+PQ_WARNING = "not using a post-quantum key exchange"
 
 NON_PQ_KEX = ("ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
               "diffie-hellman-group14-sha256,diffie-hellman-group16-sha512,"
@@ -220,12 +225,47 @@ def t_audit(env):
     check(r.returncode == 0, "ssh-audit exits 0 (no problems)", r.returncode)
 
 
+# ---- 6 ------------------------------------------------------------------------------------
+def ssh10(env, u, command):
+    argv, e = env.ssh_argv(u, command, key=True, loglevel="DEBUG1")
+    argv = [SSH10] + argv[1:]
+    return run_cmd(argv, env=e, timeout=60)
+
+
+def t_openssh10(env):
+    if not check(os.access(SSH10, os.X_OK), "OpenSSH 10 client built in %s (scripts/deps)"
+                 % SSH10):
+        return
+    ver = run_cmd([SSH10, "-V"], timeout=10)
+    dpenv.log("client: %s", ver.err.strip())
+    u = env.users[0]
+    r = ssh10(env, u, "echo ok10")
+    k = kex_lines(r.err)
+    check(r.rc == 0 and r.out.strip() == "ok10", "%s logs in through the proxy"
+          % ver.err.split(",")[0], r)
+    check(k.get("algorithm") == "mlkem768x25519-sha256",
+          "it negotiates mlkem768x25519-sha256 with the proxy", k)
+    check(PQ_WARNING not in r.err, "and prints no post-quantum warning", r.err[-600:])
+    # the same check against a proxy offering no post-quantum exchange: the warning is there
+    env.ssh_conf["kex_algorithms"] = "curve25519-sha256"
+    try:
+        env.restart_proxy()
+        r = ssh10(env, u, "echo ok10")
+        check(r.rc == 0 and PQ_WARNING in r.err,
+              "control: against ssh.kex_algorithms = curve25519-sha256 it prints the warning",
+              r.err[-600:])
+    finally:
+        del env.ssh_conf["kex_algorithms"]
+        env.restart_proxy()
+
+
 TESTS = [
     ("1 OpenSSH 9.2", t_openssh),
     ("2 ML-KEM", t_mlkem),
     ("3 refused", t_refused),
     ("4 configuration", t_config),
     ("5 ssh-audit", t_audit),
+    ("6 OpenSSH 10", t_openssh10),
 ]
 
 
