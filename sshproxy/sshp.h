@@ -60,6 +60,8 @@ int sshp_check_kex(const void *value, char *err, size_t errlen);
 int sshp_check_ciphers(const void *value, char *err, size_t errlen);
 int sshp_check_macs(const void *value, char *err, size_t errlen);
 int sshp_check_hostkey_algos(const void *value, char *err, size_t errlen);
+/* Cross-check: some ssh.hostkey_algorithms entry has a key in ssh.host_keys. */
+int sshp_check_hostkeys_cover(const sshp_conf *cf, char *err, size_t errlen);
 /* What the proxy offers its backends: post-quantum first, then older exchanges. */
 const char *sshp_backend_kex(void);
 

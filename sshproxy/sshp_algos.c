@@ -88,3 +88,50 @@ int sshp_check_hostkey_algos(const void *value, char *err, size_t errlen)
 {
     return check_list(*(const char *const *)value, SSH_HOSTKEYS, err, errlen);
 }
+
+/* The host key signature algorithms a key of this type can serve. */
+static const char *algos_for_key(enum ssh_keytypes_e type)
+{
+    switch (type) {
+    case SSH_KEYTYPE_ED25519:
+        return "ssh-ed25519";
+    case SSH_KEYTYPE_RSA:
+        return "rsa-sha2-512,rsa-sha2-256,ssh-rsa";
+    case SSH_KEYTYPE_ECDSA_P256:
+        return "ecdsa-sha2-nistp256";
+    case SSH_KEYTYPE_ECDSA_P384:
+        return "ecdsa-sha2-nistp384";
+    case SSH_KEYTYPE_ECDSA_P521:
+        return "ecdsa-sha2-nistp521";
+    default:
+        return "";
+    }
+}
+
+/* At least one of ssh.hostkey_algorithms must have a key in ssh.host_keys, or every key
+ * exchange would fail (libssh offers only algorithms it has a key for). Runs at start and
+ * for -t, off any loop. */
+int sshp_check_hostkeys_cover(const sshp_conf *cf, char *err, size_t errlen)
+{
+    char have[256] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < cf->host_keys.n; i++) {
+        ssh_key key = NULL;
+        if (ssh_pki_import_privkey_file(cf->host_keys.v[i], NULL, NULL, NULL, &key) != SSH_OK)
+            continue; /* unreadable files are reported by the host_keys check */
+        const char *algos = algos_for_key(ssh_key_type(key));
+        ssh_key_free(key);
+        for (const char *p = algos; *p != '\0';) {
+            const char *end = strchr(p, ',');
+            size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+            if (in_list(cf->hostkey_algorithms, p, n))
+                return 0;
+            p = end != NULL ? end + 1 : p + n;
+        }
+        used += (size_t)snprintf(have + used, used < sizeof have ? sizeof have - used : 0, "%s%s",
+                                 used ? "," : "", algos);
+    }
+    snprintf(err, errlen, "none of \"%s\" has a key in ssh.host_keys (the keys there serve: %s)",
+             cf->hostkey_algorithms, have[0] ? have : "nothing");
+    return -1;
+}

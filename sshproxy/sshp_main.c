@@ -34,6 +34,18 @@ static int check_readable(const void *value, char *err, size_t errlen)
     return 0;
 }
 
+/* Cross-key checks (dp_daemon_def.check), after every key passed its own. */
+static int sshp_check(const void *conf, const dp_conf_src *src, char *err, size_t errlen)
+{
+    char why[512], where[256];
+    if (sshp_check_hostkeys_cover(conf, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%s: ssh.hostkey_algorithms: %s",
+                 dp_conf_where(src, "ssh.hostkey_algorithms", where, sizeof where), why);
+        return -1;
+    }
+    return 0;
+}
+
 #define OFF(f) offsetof(sshp_conf, f)
 #define R DP_CONF_RELOADABLE
 static const dp_conf_entry sshp_entries[] = {
@@ -300,6 +312,7 @@ static const dp_daemon_def sshp_def = {
     .default_config = "/etc/dynproxy/sshproxy.conf",
     .table = &sshp_table,
     .conf_size = sizeof(sshp_conf),
+    .check = sshp_check,
     .ops = &sshp_ops,
     .on_invalidate = sshp_keycache_drop,
     .sessions = sshp_conn_sessions,

@@ -11,8 +11,9 @@ Sections:
     error (NIST or finite-field DH key exchange; ecdsa host keys; CTR with a non-EtM MAC),
     and everyone else is still served
   4 configuration: unknown, repeated or empty names in ssh.kex_algorithms / ssh.ciphers /
-    ssh.macs / ssh.hostkey_algorithms are refused by `sshproxy -t` with file:line; an
-    operator's narrower list is what clients get
+    ssh.macs / ssh.hostkey_algorithms, OpenSSH's +/-/^ list edits, and host key algorithms
+    with no key in ssh.host_keys are refused by `sshproxy -t` with file:line; an operator's
+    narrower list is what clients get
   5 ssh-audit (the newest Debian release, deps/ssh-audit): 0 failures and 0 warnings on the
     default configuration
   6 OpenSSH 10.3 (deps/openssh-client): no "not using a post-quantum key exchange" warning
@@ -155,6 +156,8 @@ def t_config(env):
         ("macs", "hmac-sha2-256-etm@openssh.com,,hmac-sha2-512-etm@openssh.com",
          "empty name"),
         ("hostkey_algorithms", "ssh-ed25519,ssh-ed25519", 'listed twice'),
+        ("hostkey_algorithms", "ecdsa-sha2-nistp384", "has a key in ssh.host_keys"),
+        ("kex_algorithms", "+ecdh-sha2-nistp256", 'unknown algorithm "+ecdh-sha2-nistp256"'),
     ]
     for key, value, want in bad:
         rc, out, line = config_check(env, key, value)
