@@ -278,6 +278,7 @@ struct sshp_conn {
      * number of reads (SSHP_CLOSING_READS) to flush its DISCONNECT. */
     size_t held_bytes;
     bool client_backlog;
+    struct ssh_counter_struct client_counter; /* what libssh read from the client (raw bytes) */
     unsigned closing_reads;
     bool client_writable;   /* the client's poll said writable (or failed) since the last read */
     bool closing_writable;  /* a writable poll while closing left nothing to write */

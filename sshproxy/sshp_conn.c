@@ -32,6 +32,9 @@
 /* Messages handled per session per round: a client that keeps sending must not hold the loop
  * (ssh_message_get reads more whenever its queue is empty). */
 #define MESSAGE_BUDGET 64
+/* ...and the bytes those message reads may take from the client's socket per turn (each
+ * ssh_message_get reads up to SSHP_LIBSSH_READ_MAX when libssh's queue is empty). */
+#define MESSAGE_READ_BYTES (256u * 1024)
 
 static void conn_end(sshp_conn *c);
 
@@ -313,16 +316,19 @@ static void pump_once(sshp_conn *c)
     if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
         ssh_message m;
         int n = 0;
-        /* ssh_message_get reads (SSHP_LIBSSH_READ_MAX) when libssh's queue is empty: not over
-         * the bound */
+        uint64_t read_before = c->client_counter.in_bytes;
+        /* ssh_message_get reads when libssh's queue is empty: not over the bound, and not more
+         * than MESSAGE_READ_BYTES per turn */
         c->client_backlog = false;
         while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
                c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
                (m = ssh_message_get(c->cs)) != NULL) {
             dispatch_client(c, m);
-            if (++n == MESSAGE_BUDGET) {
+            if (++n == MESSAGE_BUDGET ||
+                c->client_counter.in_bytes - read_before >= MESSAGE_READ_BYTES) {
                 c->client_backlog = true;
                 c->pump_again = true;
+                break;
             }
         }
     }
@@ -657,6 +663,7 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
         conn_end(c);
         return;
     }
+    ssh_set_counters(c->cs, &c->client_counter, NULL);
     if (ssh_bind_accept_fd(sw->bind, c->cs, ci->fd) != SSH_OK) {
         dp_slog_error(c->prefix, "ssh_bind_accept_fd: %s", ssh_get_error(sw->bind));
         if (ssh_get_fd(c->cs) != ci->fd)

@@ -290,7 +290,8 @@ static void sshp_fini(dp_worker *w)
 
 static const dp_worker_ops sshp_ops = {sshp_start, sshp_accept, sshp_stop, sshp_fini};
 
-/* "libssh=0.12.2/openssl/zlib libssh_patches=pty-modes,break", for -V and the start log. */
+/* "libssh=0.12.2/openssl/zlib libssh_patches=pty-modes,break libssh_read_max=65536", for -V
+ * and the start log. */
 static char build_info[160];
 
 static void describe_build(void)
@@ -303,8 +304,9 @@ static void describe_build(void)
                           ",break"
 #endif
         ;
-    snprintf(build_info, sizeof build_info, "libssh=%s libssh_patches=%s", ssh_version(0),
-             patches[0] != '\0' ? patches + 1 : "none");
+    snprintf(build_info, sizeof build_info, "libssh=%s libssh_patches=%s libssh_read_max=%u",
+             ssh_version(0), patches[0] != '\0' ? patches + 1 : "none",
+             (unsigned)SSHP_LIBSSH_READ_MAX);
 }
 
 static const dp_daemon_def sshp_def = {

@@ -106,6 +106,14 @@ TOO_MANY = "Too many authentication failures"
 
 
 # ---- the hostile client -----------------------------------------------------------------------
+
+def libssh_read_max():
+    """libssh's read size (MAX_BUF_SIZE) in the sshproxy under test, from `sshproxy -V`."""
+    out = subprocess.run([SshProxyEnv.BINARY, "-V"], capture_output=True, text=True,
+                         timeout=10).stdout
+    m = re.search(r"libssh_read_max=(\d+)", out)
+    return int(m.group(1)) if m else 4 * KiB
+
 def msg(ptype, *fields):
     """A raw SSH message: ptype (a paramiko cMSG_* byte), then bool / uint32 / string fields."""
     m = Message()
@@ -689,12 +697,15 @@ def t_request_queues(env):
         # The design bound (sshp.h, SSHP_HELD_MAX and its neighbours): the proxy stops taking
         # the client's bytes at the cut. What it read is what the kernel says it read
         # (session_end client_read), whatever the allocator made of it: the 65 requests up
-        # to the cut, at most one pump's reads ahead (DOPOLL_BUDGET x 4 KiB = 1 MiB, plus 64
-        # message reads of 4 KiB) and SSHP_CLOSING_READS x 4 KiB while closing.
+        # to the cut, at most one pump's reads ahead (DOPOLL_BUDGET: 1 MiB, plus message
+        # reads of 256 KiB and one read past that) and SSHP_CLOSING_READS (256 KiB) while
+        # closing. A read is libssh's MAX_BUF_SIZE, which `sshproxy -V` names.
+        read_max = libssh_read_max()
         ends = env.events("session_end", after=mark, user=u2.name,
                           reason="too many pending channel requests")
         read = int(ends[0].get("client_read", -1)) if ends else -1
-        design = (MAX_REQS + 1) * (len(value) + 4 * KiB) + MiB + 64 * 4 * KiB + 64 * 4 * KiB
+        design = ((MAX_REQS + 1) * (len(value) + 4 * KiB) + MiB + 256 * KiB + read_max
+                  + max(256 * KiB, read_max))
         check(0 < read <= design,
               "the flood was read only up to the cut: client_read=%s of %s sent (design bound "
               "%s)" % (mib(read), mib(n * len(value)), mib(design)),
