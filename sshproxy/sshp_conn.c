@@ -228,13 +228,6 @@ static bool session_dead(ssh_session s)
            (ssh_get_status(s) & (SSH_CLOSED | SSH_CLOSED_ERROR)) != 0;
 }
 
-static void dopoll(ssh_event ev)
-{
-    for (unsigned i = 0; i < DOPOLL_BUDGET; i++)
-        if (ssh_event_dopoll(ev, 0) != SSH_OK)
-            break;
-}
-
 /* libssh 0.12 drops a data packet larger than the channel's window and only records "Window
  * exceeded" as a fatal error on the session (channels.c, channel_rcv_data): the peer ignores
  * flow control, and would go on sending into the void. End it as one that overfills the
@@ -245,6 +238,18 @@ static void check_window_abuse(sshp_conn *c, ssh_session s)
         strstr(ssh_get_error(s), "Window exceeded") != NULL) {
         c->abuse = "peer ignores the channel window";
         c->pump_again = true;
+    }
+}
+
+/* Read and process what session s has, up to the budget; the error libssh records is looked
+ * at after every call, before a later one can overwrite it. */
+static void dopoll(sshp_conn *c, ssh_event ev, ssh_session s)
+{
+    for (unsigned i = 0; i < DOPOLL_BUDGET; i++) {
+        int rc = ssh_event_dopoll(ev, 0);
+        check_window_abuse(c, s);
+        if (rc != SSH_OK)
+            break;
     }
 }
 
@@ -272,8 +277,7 @@ static void pump_once(sshp_conn *c)
 {
     if (c->cs != NULL && !session_dead(c->cs)) {
         if (client_readable(c)) {
-            dopoll(c->cev);
-            check_window_abuse(c, c->cs);
+            dopoll(c, c->cev, c->cs);
         } else if (c->state == CONN_CLOSING && c->client_writable &&
                    c->closing_reads < SSHP_CLOSING_READS) {
             /* the socket takes more of our output: flush it (this reads at most
@@ -289,8 +293,7 @@ static void pump_once(sshp_conn *c)
         }
     }
     if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs)) {
-        dopoll(c->bev);
-        check_window_abuse(c, c->bs);
+        dopoll(c, c->bev, c->bs);
     }
 
     if (c->state == CONN_KEX) {
