@@ -281,10 +281,9 @@ static void pump_once(sshp_conn *c)
         } else if (c->state == CONN_CLOSING && c->client_writable &&
                    c->closing_reads < SSHP_CLOSING_READS) {
             /* the socket takes more of our output: flush it (this reads at most
-             * SSHP_LIBSSH_READ_MAX too,
-             * which nothing will look at). Once a writable poll found nothing left to write,
-             * libssh knows the socket is writable (write_wontblock) and ssh_disconnect will
-             * write the DISCONNECT at once. */
+             * SSHP_LIBSSH_READ_MAX too, which nothing will look at). Once a writable poll
+             * found nothing left to write, libssh knows the socket is writable
+             * (write_wontblock) and ssh_disconnect will write the DISCONNECT at once. */
             c->client_writable = false;
             c->closing_reads++;
             bool was_empty = !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
@@ -292,9 +291,8 @@ static void pump_once(sshp_conn *c)
             c->closing_writable = was_empty && !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
         }
     }
-    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs)) {
+    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
         dopoll(c, c->bev, c->bs);
-    }
 
     if (c->state == CONN_KEX) {
         int rc = ssh_handle_key_exchange(c->cs);

@@ -41,10 +41,15 @@ newer_apt_init() {
   apt-get "${NEWER_APT[@]}" update
 }
 
-# The newest version of a package in those suites whose version matches the regex $2.
+# Every version of a source package in those suites, one a line.
+newer_apt_versions() {
+  apt-cache "${NEWER_APT[@]}" showsrc "$1" 2>/dev/null | awk '/^Version: / { print $2 }' | sort -u
+}
+
+# The newest of them whose version matches the regex $2.
 newer_apt_newest() {
-  local pkg=$1 re=$2 kind=${3:-showsrc} v newest=
-  for v in $(apt-cache "${NEWER_APT[@]}" "$kind" "$pkg" 2>/dev/null | awk '/^Version: / { print $2 }' | grep -E "$re" | sort -u); do
+  local v newest=
+  for v in $(newer_apt_versions "$1" | grep -E "$2"); do
     if [[ -z $newest ]] || dpkg --compare-versions "$v" gt "$newest"; then newest=$v; fi
   done
   echo "$newest"

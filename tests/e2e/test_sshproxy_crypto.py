@@ -20,6 +20,7 @@ Sections:
     through the proxy (mlkem768x25519-sha256), and the warning does appear against a proxy
     narrowed to curve25519-sha256 (so the check can fail)
 """
+import contextlib
 import json
 import os
 import re
@@ -147,6 +148,18 @@ def config_check(env, key, value):
     return r.rc, r.out + r.err, idx + 2
 
 
+@contextlib.contextmanager
+def kex_narrowed(env, kex):
+    """The proxy restarted with ssh.kex_algorithms = kex, then back on its defaults."""
+    env.ssh_conf["kex_algorithms"] = kex
+    try:
+        env.restart_proxy()
+        yield
+    finally:
+        del env.ssh_conf["kex_algorithms"]
+        env.restart_proxy()
+
+
 def t_config(env):
     bad = [
         ("kex_algorithms", "curve25519-sha256,ecdh-sha2-nistp999",
@@ -166,17 +179,12 @@ def t_config(env):
               "sshproxy -t refuses ssh.%s = \"%s\" with %s %s" % (key, value, where, want), out)
     rc, out, _ = config_check(env, "kex_algorithms", "sntrup761x25519-sha512,curve25519-sha256")
     check(rc == 0, "sshproxy -t accepts a narrower valid list", out)
-    # A narrower list is what clients get: restart with it, then back to the defaults.
-    env.ssh_conf["kex_algorithms"] = "curve25519-sha256"
-    try:
-        env.restart_proxy()
+    # A narrower list is what clients get.
+    with kex_narrowed(env, "curve25519-sha256"):
         r, f = probe(env, env.users[1])
         check(r.rc == 0 and f.get("kex") == "curve25519-sha256",
               "ssh.kex_algorithms = curve25519-sha256: a client offering mlkem gets curve25519",
               r)
-    finally:
-        del env.ssh_conf["kex_algorithms"]
-        env.restart_proxy()
 
 
 # ---- 5 ------------------------------------------------------------------------------------
@@ -250,16 +258,11 @@ def t_openssh10(env):
           "it negotiates mlkem768x25519-sha256 with the proxy", k)
     check(PQ_WARNING not in r.err, "and prints no post-quantum warning", r.err[-600:])
     # the same check against a proxy offering no post-quantum exchange: the warning is there
-    env.ssh_conf["kex_algorithms"] = "curve25519-sha256"
-    try:
-        env.restart_proxy()
+    with kex_narrowed(env, "curve25519-sha256"):
         r = ssh10(env, u, "echo ok10")
         check(r.rc == 0 and PQ_WARNING in r.err,
               "control: against ssh.kex_algorithms = curve25519-sha256 it prints the warning",
               r.err[-600:])
-    finally:
-        del env.ssh_conf["kex_algorithms"]
-        env.restart_proxy()
 
 
 TESTS = [
