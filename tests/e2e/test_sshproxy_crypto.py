@@ -3,7 +3,7 @@
 algorithms (libssh 0.12, issue 12). Real PostgreSQL, real OpenSSH backends, real clients.
 
 Sections:
-  1 OpenSSH 9.2 (Debian 12) negotiates sntrup761x25519 with the proxy (ssh -v 'kex:' lines),
+  1 `sshproxy -V` and event=start name libssh (>= 0.12.2) and its patches; OpenSSH 9.2 (Debian 12) negotiates sntrup761x25519 with the proxy (ssh -v 'kex:' lines),
     the same exchange it gets from the backend directly, and logs in
   2 a client on libssh 0.12 (e2e_ssh_probe) negotiates mlkem768x25519-sha256 and logs in;
     session_start names both hops' key exchanges (backend hop: sntrup761 with OpenSSH 9.2)
@@ -59,6 +59,15 @@ def is_sntrup(name):
 
 # ---- 1 ------------------------------------------------------------------------------------
 def t_openssh(env):
+    # what the proxy is built on, named where an operator looks: -V and the start line
+    v = run_cmd([env.BINARY, "-V"], timeout=10)
+    m = re.search(r"libssh=(\d+)\.(\d+)\.(\d+)\S* libssh_patches=(\S+)", v.out)
+    check(m is not None and tuple(int(x) for x in m.group(1, 2, 3)) >= (0, 12, 2)
+          and m.group(4) == "pty-modes,break",
+          "sshproxy -V names libssh >= 0.12.2 and its patches", v.out)
+    starts = [ln for ln in env.log().splitlines() if "event=start" in ln]
+    check(bool(starts) and m is not None and m.group(0) in starts[-1],
+          "the event=start log line names the same libssh", starts[-1:] or env.log()[-300:])
     u = env.users[0]
     r = env.ssh(u, "echo pq-ok", key=True, loglevel="DEBUG1")
     k = kex_lines(r.err)
