@@ -79,12 +79,13 @@ typedef struct sshp_worker {
     size_t nknown;
     unsigned nconns;
     uint32_t next_id;
-    uint64_t last_trim_ms; /* malloc_trim after sessions end, rate-limited */
-    uv_timer_t trim_timer; /* the trim a burst of closes deferred */
-    bool trim_timer_open;
+    uv_timer_t housekeeping; /* 1 Hz: idle connections' buffers, malloc_trim (sshp_conn.c) */
+    bool housekeeping_open;
+    bool trim_due; /* sessions ended or buffers were given back since the last trim */
 } sshp_worker;
 
 sshp_worker *sshp_worker_of(dp_worker *w);
+void sshp_worker_start_housekeeping(sshp_worker *sw);
 const sshp_conf *sshp_conf_of(dp_worker *w);
 
 /* Limits on unauthenticated connections, process-wide (sshp_limits.c). */
@@ -245,7 +246,7 @@ struct sshp_conn {
 
     /* routing */
     char user[DPH_USER_MAX];
-    dp_route_lookup lookup;
+    dp_route_lookup *lookup; /* while the route is looked up only (its answer goes to route) */
     bool lookup_pending, route_known;
     dph_route route;
     dp_hook_call *keys_call;
@@ -300,7 +301,8 @@ struct sshp_conn {
     dp_sess_result end_result;    /* for dynproxy_sessions_total */
     uint64_t bytes_in, bytes_out; /* of closed pairs */
     bool in_pump, pump_again;
-    uint64_t last_activity_ms; /* data through any channel (idle timeout) */
+    uint64_t last_activity_ms;    /* data through any channel (idle timeout) */
+    uint64_t buffers_released_at; /* last_activity_ms when libssh's buffers were given back */
     /* a per-route key file (mapped-key, or proxy-key with key_path), read on the threadpool */
     uv_work_t key_work;
     bool key_loading, key_loaded;

@@ -35,9 +35,11 @@ static void free_keys(sshp_conn *c)
 void sshp_auth_cleanup(sshp_conn *c)
 {
     if (c->lookup_pending) {
-        dp_route_cache_cancel(&c->lookup);
+        dp_route_cache_cancel(c->lookup);
         c->lookup_pending = false;
     }
+    free(c->lookup);
+    c->lookup = NULL;
     if (c->keys_pending) {
         dp_hook_call_cancel(c->keys_call); /* its callback still runs: it checks the state */
     }
@@ -61,6 +63,9 @@ static void on_route(dp_route_lookup *lk, const dph_route *route, dp_cache_resul
     c->lookup_pending = false;
     c->route = *route;
     c->route_known = true;
+    free(c->lookup); /* `route` pointed into it: copied above */
+    c->lookup = NULL;
+    route = &c->route;
     dp_slog_debug(c->prefix, "route: status %d backend %s (%s)", route->status, route->backend,
                   how == DP_CACHE_HIT ? "cached" : "hook");
     sshp_conn_pump(c);
@@ -99,12 +104,19 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
 
 static void start_lookup(sshp_conn *c)
 {
-    c->lookup.data = c;
-    int rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->w), &c->lookup, c->user,
+    c->lookup = calloc(1, sizeof *c->lookup);
+    int rc = c->lookup == NULL ? -ENOMEM : 0;
+    if (rc == 0) {
+        c->lookup->data = c;
+        rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->w), c->lookup, c->user,
                                    (const struct sockaddr *)&c->client, DPH_PROTO_SSH, on_route);
+    }
     if (rc != 0) {
+        free(c->lookup);
+        c->lookup = NULL;
         memset(&c->route, 0, sizeof c->route);
-        c->route.status = DPH_ROUTE_UNKNOWN_USER; /* an unusable name is just an unknown user */
+        /* an unusable name is just an unknown user; no memory is a failure for now */
+        c->route.status = rc == -ENOMEM ? DPH_ROUTE_TEMPFAIL : DPH_ROUTE_UNKNOWN_USER;
         c->route_known = true;
         return;
     }

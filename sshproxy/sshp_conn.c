@@ -49,29 +49,53 @@ static void end_unflushed(sshp_conn *c)
 
 /* ---- handles ---- */
 
-/* glibc keeps freed heap pages; after sessions end, RSS would stay at its high-water mark and
- * creep up with churn. Give free pages back, at most once a second per worker. */
-#define TRIM_INTERVAL_MS 1000
+/* Memory policy, once a second per worker (the housekeeping timer):
+ * - libssh buffers keep their largest allocation: a session that has streamed holds about
+ *   200 KiB in its packet, socket and channel buffers for as long as it lives. A connection
+ *   with no data for IDLE_RELEASE_MS gives the empty ones back (libssh patch 0005), once per
+ *   quiet spell; the next packet allocates again.
+ * - glibc keeps freed heap pages: after sessions end or buffers are given back, RSS would stay
+ *   at its high-water mark and creep up with churn. malloc_trim gives free pages back. */
+#define HOUSEKEEPING_MS 1000
+#define IDLE_RELEASE_MS 1000
 
-static void trim_now(sshp_worker *sw)
+static void release_idle_buffers(sshp_worker *sw, uint64_t now)
 {
-    sw->last_trim_ms = dp_now_ms();
-    malloc_trim(0);
+#ifdef SSHP_HAVE_RELEASE_BUFFERS
+    for (sshp_conn *c = sw->conns; c != NULL; c = c->next) {
+        if (c->state != CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
+            now - c->last_activity_ms < IDLE_RELEASE_MS)
+            continue;
+        c->buffers_released_at = c->last_activity_ms;
+        size_t n = ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
+        if (n > 0)
+            sw->trim_due = true;
+    }
+#else
+    (void)sw;
+    (void)now;
+#endif
 }
 
-static void on_trim_timer(uv_timer_t *t)
+static void on_housekeeping(uv_timer_t *t)
 {
-    trim_now(t->data);
+    sshp_worker *sw = t->data;
+    release_idle_buffers(sw, dp_now_ms());
+    if (sw->trim_due) {
+        sw->trim_due = false;
+        malloc_trim(0);
+    }
+}
+
+void sshp_worker_start_housekeeping(sshp_worker *sw)
+{
+    uv_timer_start(&sw->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
 }
 
 static void conn_free(sshp_conn *c)
 {
     sshp_worker *sw = c->sw;
-    uint64_t since = dp_now_ms() - sw->last_trim_ms;
-    if (since >= TRIM_INTERVAL_MS)
-        trim_now(sw);
-    else if (sw->trim_timer_open && !uv_is_active((uv_handle_t *)&sw->trim_timer))
-        uv_timer_start(&sw->trim_timer, on_trim_timer, TRIM_INTERVAL_MS - since, 0);
+    sw->trim_due = true;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else

@@ -195,10 +195,11 @@ static int sshp_start(dp_worker *w)
         return -ENOMEM;
     sw->w = w;
     dp_daemon_worker_set_data(w, sw);
-    uv_timer_init(dp_worker_loop(w), &sw->trim_timer);
-    sw->trim_timer.data = sw;
-    uv_unref((uv_handle_t *)&sw->trim_timer); /* never keeps a stopping loop alive */
-    sw->trim_timer_open = true;
+    uv_timer_init(dp_worker_loop(w), &sw->housekeeping);
+    sw->housekeeping.data = sw;
+    uv_unref((uv_handle_t *)&sw->housekeeping); /* never keeps a stopping loop alive */
+    sw->housekeeping_open = true;
+    sshp_worker_start_housekeeping(sw);
     ssh_set_log_callback(libssh_log);
     if (dp_worker_index(w) == 0) {
 #ifndef SSHP_HAVE_PTY_MODES
@@ -208,6 +209,11 @@ static int sshp_start(dp_worker *w)
 #endif
 #ifndef SSHP_HAVE_BREAK
         dp_log_warn("libssh %s lacks deps/libssh/patches/0002: 'break' requests are refused",
+                    ssh_version(0));
+#endif
+#ifndef SSHP_HAVE_RELEASE_BUFFERS
+        dp_log_warn("libssh %s lacks deps/libssh/patches/0005: idle sessions keep their largest "
+                    "buffers (up to ~200 KiB each after a transfer)",
                     ssh_version(0));
 #endif
     }
@@ -259,9 +265,9 @@ static void sshp_stop(dp_worker *w)
     sshp_worker *sw = sshp_worker_of(w);
     if (sw == NULL)
         return;
-    if (sw->trim_timer_open) {
-        sw->trim_timer_open = false;
-        uv_close((uv_handle_t *)&sw->trim_timer, NULL); /* sw is freed after the loop ends */
+    if (sw->housekeeping_open) {
+        sw->housekeeping_open = false;
+        uv_close((uv_handle_t *)&sw->housekeeping, NULL); /* sw is freed after the loop ends */
     }
     /* Each connection flushes a disconnect message and closes; its memory goes when its
      * handles have closed, so take `next` first. */
@@ -302,6 +308,9 @@ static void describe_build(void)
 #endif
 #ifdef SSHP_HAVE_BREAK
                           ",break"
+#endif
+#ifdef SSHP_HAVE_RELEASE_BUFFERS
+                          ",release-buffers"
 #endif
         ;
     snprintf(build_info, sizeof build_info, "libssh=%s libssh_patches=%s libssh_read_max=%u",

@@ -19,8 +19,11 @@ Sections:
   6 OpenSSH 10.3 (deps/openssh-client): no "not using a post-quantum key exchange" warning
     through the proxy (mlkem768x25519-sha256), and the warning does appear against a proxy
     narrowed to curve25519-sha256 (so the check can fail)
+  7 rekeys on both hops (RekeyLimit 1M on the client and in the backend's sshd) during an
+    8 MiB echo: the data arrives whole (sha256) and both hops show several key exchanges
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -63,7 +66,7 @@ def t_openssh(env):
     v = run_cmd([env.BINARY, "-V"], timeout=10)
     m = re.search(r"libssh=(\d+)\.(\d+)\.(\d+)\S* libssh_patches=(\S+)", v.out)
     check(m is not None and tuple(int(x) for x in m.group(1, 2, 3)) >= (0, 12, 2)
-          and m.group(4) == "pty-modes,break",
+          and m.group(4) == "pty-modes,break,release-buffers",
           "sshproxy -V names libssh >= 0.12.2 and its patches", v.out)
     starts = [ln for ln in env.log().splitlines() if "event=start" in ln]
     check(bool(starts) and m is not None and m.group(0) in starts[-1],
@@ -274,6 +277,41 @@ def t_openssh10(env):
               r.err[-600:])
 
 
+# ---- 7 ------------------------------------------------------------------------------------
+REKEY_BYTES = 8 << 20
+REKEY_BACKEND = "web2"      # its sshd runs with RekeyLimit 1M (main())
+
+
+def t_rekey(env):
+    """Rekeys on both hops during a transfer. libssh patches 0004 and 0006 free key exchange
+    state (the sntrup761 keys, the offered algorithm lists) once new keys are in use; a rekey
+    must build all of it again."""
+    u = env.add_user(backend=REKEY_BACKEND, debug_log=True)   # its sshd logs each key exchange
+    data = os.urandom(REKEY_BYTES)
+    log = env.backends[REKEY_BACKEND].sshd_log
+    before = dpenv.read_text(log)
+    off = env.log_offset()
+    r = env.ssh(u, "cat", key=True, input=data, binary=True, timeout=120, loglevel="DEBUG1",
+                extra=("-o", "RekeyLimit=1M"))
+    err = r.err.decode("utf-8", "replace")
+    check(r.rc == 0 and hashlib.sha256(r.out).hexdigest() == hashlib.sha256(data).hexdigest(),
+          "8 MiB echoed through cat with rekeys on both hops, sha256 equal",
+          "exit %s, %d of %d bytes; %s" % (r.rc, len(r.out), len(data), err[-400:]))
+    client_kex = err.count("SSH2_MSG_NEWKEYS received")
+    check(client_kex >= 4, "the client's hop rekeyed (RekeyLimit=1M on the client)",
+          "%d key exchanges in ssh -v" % client_kex)
+    backend_kex = dpenv.read_text(log)[len(before):].count("SSH2_MSG_NEWKEYS received")
+    check(backend_kex >= 4, "the backend hop rekeyed (RekeyLimit 1M in the backend's sshd)",
+          "%d rekeys in the backend's sshd log" % backend_kex)
+    env.wait_log(lambda t: env.events("session_end", after=off, user=u.name), after=off,
+                 timeout=10)
+    ends = env.events("session_end", after=off, user=u.name)
+    want = str(REKEY_BYTES)
+    check(len(ends) == 1 and ends[0].get("bytes_in") == want and ends[0].get("bytes_out") == want,
+          "session_end counts the 8 MiB each way",
+          ends[-1].get("_line") if ends else env.log()[-300:])
+
+
 TESTS = [
     ("1 OpenSSH 9.2", t_openssh),
     ("2 ML-KEM", t_mlkem),
@@ -281,6 +319,7 @@ TESTS = [
     ("4 configuration", t_config),
     ("5 ssh-audit", t_audit),
     ("6 OpenSSH 10", t_openssh10),
+    ("7 rekey", t_rekey),
 ]
 
 
@@ -288,7 +327,8 @@ def main(argv):
     if not os.access(PROBE, os.X_OK):
         print("e2e_ssh_probe not built: %s" % PROBE)
         return 1
-    return SshProxyEnv.run_suite(check, "test_sshproxy_crypto", TESTS, argv, {"nusers": 2})
+    return SshProxyEnv.run_suite(check, "test_sshproxy_crypto", TESTS, argv,
+                                 {"nusers": 2, "backend_sshd": {REKEY_BACKEND: ["RekeyLimit 1M"]}})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
     the right backend, one session_end line each.
 
 Run by ctest (label e2e) or directly as root:
-    PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_sshproxy_load.py [1 2 3]
+    PYTHONPATH=tests/harness /usr/bin/python3 tests/e2e/test_sshproxy_load.py [1 2 3 4]
 """
 
 import hashlib
@@ -43,6 +43,11 @@ BARRIER_TIMEOUT = 600.0     # an upper bound only: the wait ends when all are th
 # any login grace time; what is tested is that 200 sessions are open at the same moment (the
 # barrier on the backend), not how fast a burst of handshakes goes (bench/ssh_bench.py).
 RAMP_S = 0.02
+IDLE_SESSIONS = 40
+IDLE_STREAM = 4 * MiB
+# An idle session that has never streamed costs about 47 KiB (docs/performance.md); one that
+# streamed and kept libssh's buffers, about 200 KiB more.
+IDLE_AFTER_TRANSFER_KIB = 96
 
 
 def note(msg, *args):
@@ -278,10 +283,71 @@ def t_concurrent(env):
     note("%d sessions x 2 MiB in %.1fs", SESSIONS, took)
 
 
+# ---- 4 idle after a transfer ----------------------------------------------------------------
+def t_idle_after_transfer(env):
+    """Sessions that have streamed and then sit idle give libssh's buffers back (libssh patch
+    0005, called once a connection has had no data for a second): each would otherwise hold
+    its largest packets and bursts, about 200 KiB, for as long as it stays open."""
+    u = env.users[0]
+    pid = env.proxy_pid
+    pattern = b"dynproxy idle-after-transfer\n"
+    want = hashlib.sha256((pattern * (IDLE_STREAM // len(pattern) + 1))[:IDLE_STREAM]).hexdigest()
+    cmd = "yes '%s' | head -c %d; exec sleep 600" % (pattern.decode().strip(), IDLE_STREAM)
+    base = vm_rss_kib(pid)
+    procs, bad = [], []
+    try:
+        for _ in range(IDLE_SESSIONS):
+            argv, e = env.ssh_argv(u, cmd, key=True)
+            procs.append(subprocess.Popen(argv, env=e, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        for p in procs:
+            got = read_exactly(p.stdout, IDLE_STREAM, timeout=120)
+            if hashlib.sha256(got).hexdigest() != want:
+                bad.append("%d of %d bytes, exit %s" % (len(got), IDLE_STREAM, p.poll()))
+        check(not bad, "%d sessions each streamed %d MiB, sha256 equal, and stay open"
+              % (IDLE_SESSIONS, IDLE_STREAM >> 20), "\n".join(bad[:5]))
+        after = vm_rss_kib(pid)
+        bound = allowance(pid, IDLE_AFTER_TRANSFER_KIB << 10) >> 10
+        per = [None]
+
+        def settled():
+            per[0] = (vm_rss_kib(pid) - base) / IDLE_SESSIONS
+            return per[0] <= bound
+
+        # given back within 2 s (1 s quiet, then the next 1 Hz pass); 10 s is the deadline
+        dpenv.wait_until(settled, 10.0, interval=0.25)
+        note("VmRSS per session: %.1f KiB right after the transfers, %.1f KiB once idle",
+             (after - base) / IDLE_SESSIONS, per[0])
+        check(per[0] <= bound, "sessions idle after a transfer hold <= %d KiB each" % bound,
+              "%.1f KiB per session (%d KiB before, %d KiB after the transfers)"
+              % (per[0], base, after))
+        alive = [p for p in procs if p.poll() is None]
+        check(len(alive) == IDLE_SESSIONS, "every idle session is still open",
+              "%d of %d" % (len(alive), IDLE_SESSIONS))
+    finally:
+        for p in procs:
+            kill_group(p)
+            p.wait()
+            p.stdout.close()
+
+
+def read_exactly(f, n, timeout):
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        chunk = f.read1(min(1 << 20, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
 TESTS = [
     ("1 slow reader download", t_slow_download),
     ("2 slow reader upload", t_slow_upload),
     ("3 concurrent sessions", t_concurrent),
+    ("4 idle after transfer", t_idle_after_transfer),
 ]
 
 

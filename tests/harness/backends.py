@@ -77,8 +77,11 @@ class Backend:
     address = "127.0.0.1"    # where sshd and vsftpd listen (the route's address)
 
     def __init__(self, name, basedir, ssh_port=None, ftp_port=None, pasv_range=None,
-                 proxy_authorized_keys=None, logdir=None):
+                 proxy_authorized_keys=None, logdir=None, sshd_options=()):
+        """sshd_options: more global sshd_config lines (sshd 9.2 applies some, RekeyLimit
+        among them, only globally, not in a Match block)."""
         self.name = name
+        self.sshd_options = list(sshd_options)
         self.basedir = os.path.abspath(basedir)
         self.home_dir = os.path.join(self.basedir, "home")
         self.logdir = os.path.abspath(logdir) if logdir else self.basedir
@@ -210,6 +213,7 @@ class Backend:
             "MaxAuthTries 10",
             "LoginGraceTime 30",
             "LogLevel VERBOSE",
+        ] + self.sshd_options + [
             # sshd logs each channel request it handles only at DEBUG1; users made with
             # ProxyEnv.add_user(debug_log=True) get it (e2e.sshproxy checks break with it).
             "Match User %s*" % DEBUG_USER_PREFIX,

@@ -65,8 +65,10 @@ class SshProxyEnv(ProxyEnv):
     DEFAULT_CONF = DEFAULT_SSH_CONF
     PREFIX = "dpt-sshp-"
 
-    def __init__(self, nusers=3, ssh_conf=None, **kw):
+    def __init__(self, nusers=3, ssh_conf=None, backend_sshd=None, **kw):
+        """backend_sshd: {backend name: [more global sshd_config lines]}."""
         super().__init__(nusers, ssh_conf, **kw)
+        self.backend_sshd = backend_sshd or {}
 
     @property
     def ssh_conf(self):
@@ -99,7 +101,8 @@ class SshProxyEnv(ProxyEnv):
             self.host_pubs[typ] = blob
 
     def _backend_kwargs(self, name):
-        return {"proxy_authorized_keys": self.proxy_authorized_keys}
+        return {"proxy_authorized_keys": self.proxy_authorized_keys,
+                "sshd_options": self.backend_sshd.get(name, ())}
 
     def _add_user(self, user):
         for be in self.backends.values():
