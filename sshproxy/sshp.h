@@ -82,6 +82,7 @@ typedef struct sshp_worker {
     uv_timer_t housekeeping; /* 1 Hz: idle connections' buffers, malloc_trim (sshp_conn.c) */
     bool housekeeping_open;
     bool trim_due; /* sessions ended or buffers were given back since the last trim */
+    uint64_t last_trim_ms;
 } sshp_worker;
 
 sshp_worker *sshp_worker_of(dp_worker *w);

@@ -77,14 +77,20 @@ static void release_idle_buffers(sshp_worker *sw, uint64_t now)
 #endif
 }
 
+static void trim_now(sshp_worker *sw, uint64_t now)
+{
+    sw->trim_due = false;
+    sw->last_trim_ms = now;
+    malloc_trim(0);
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
     sshp_worker *sw = t->data;
-    release_idle_buffers(sw, dp_now_ms());
-    if (sw->trim_due) {
-        sw->trim_due = false;
-        malloc_trim(0);
-    }
+    uint64_t now = dp_now_ms();
+    release_idle_buffers(sw, now);
+    if (sw->trim_due)
+        trim_now(sw, now);
 }
 
 void sshp_worker_start_housekeeping(sshp_worker *sw)
@@ -95,7 +101,13 @@ void sshp_worker_start_housekeeping(sshp_worker *sw)
 static void conn_free(sshp_conn *c)
 {
     sshp_worker *sw = c->sw;
-    sw->trim_due = true;
+    /* at once when the last trim is a second old (the pages of a closing burst go back at
+     * the next pass) */
+    uint64_t now = dp_now_ms();
+    if (now - sw->last_trim_ms >= HOUSEKEEPING_MS)
+        trim_now(sw, now);
+    else
+        sw->trim_due = true;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
