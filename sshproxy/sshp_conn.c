@@ -58,19 +58,23 @@ static void end_unflushed(sshp_conn *c)
  *   at its high-water mark and creep up with churn. malloc_trim gives free pages back. */
 #define HOUSEKEEPING_MS 1000
 #define IDLE_RELEASE_MS 1000
+/* malloc_trim walks every arena under its lock: worth it when a pass gave this much back (or
+ * sessions ended), not for the few hundred bytes a quiet interactive session regrows */
+#define RELEASED_TRIM_MIN (256u << 10)
 
 static void release_idle_buffers(sshp_worker *sw, uint64_t now)
 {
 #ifdef SSHP_HAVE_RELEASE_BUFFERS
+    size_t released = 0;
     for (sshp_conn *c = sw->conns; c != NULL; c = c->next) {
         if (c->state != CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
             now - c->last_activity_ms < IDLE_RELEASE_MS)
             continue;
         c->buffers_released_at = c->last_activity_ms;
-        size_t n = ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
-        if (n > 0)
-            sw->trim_due = true;
+        released += ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
     }
+    if (released >= RELEASED_TRIM_MIN)
+        sw->trim_due = true;
 #else
     (void)sw;
     (void)now;
@@ -89,7 +93,7 @@ static void on_housekeeping(uv_timer_t *t)
     sshp_worker *sw = t->data;
     uint64_t now = dp_now_ms();
     release_idle_buffers(sw, now);
-    if (sw->trim_due)
+    if (sw->trim_due && now - sw->last_trim_ms >= HOUSEKEEPING_MS)
         trim_now(sw, now);
 }
 

@@ -199,7 +199,6 @@ static int sshp_start(dp_worker *w)
     sw->housekeeping.data = sw;
     uv_unref((uv_handle_t *)&sw->housekeeping); /* never keeps a stopping loop alive */
     sw->housekeeping_open = true;
-    sshp_worker_start_housekeeping(sw);
     ssh_set_log_callback(libssh_log);
     if (dp_worker_index(w) == 0) {
 #ifndef SSHP_HAVE_PTY_MODES
@@ -252,6 +251,7 @@ static int sshp_start(dp_worker *w)
         dp_log_error("cannot read ssh.proxy_key %s", cf->proxy_key);
         return -EINVAL;
     }
+    sshp_worker_start_housekeeping(sw); /* last: a failed start is never stopped */
     return 0;
 }
 
