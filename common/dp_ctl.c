@@ -241,22 +241,22 @@ static void help_reply(ctl_client *c, const dp_ctl_request *req)
         dp_ctl_buf_puts(&b, "{\"commands\":[");
         for (size_t i = 0; i < o->ncommands; i++) {
             dp_ctl_buf_puts(&b, i ? ",{\"command\":" : "{\"command\":");
-            dp_ctl_buf_json_str(&b, o->commands[i].name);
+            dp_ctl_buf_json_str(&b, o->commands[i].spec->name);
             dp_ctl_buf_puts(&b, ",\"usage\":");
-            dp_ctl_buf_json_str(&b, o->commands[i].usage);
+            dp_ctl_buf_json_str(&b, o->commands[i].spec->args);
             dp_ctl_buf_puts(&b, ",\"help\":");
-            dp_ctl_buf_json_str(&b, o->commands[i].help);
+            dp_ctl_buf_json_str(&b, o->commands[i].spec->summary);
             dp_ctl_buf_puts(&b, "}");
         }
         dp_ctl_buf_puts(&b, "]}\n");
     } else {
         dp_ctl_buf_puts(&b, "command\tusage\thelp\n");
         for (size_t i = 0; i < o->ncommands; i++) {
-            dp_ctl_buf_cell(&b, o->commands[i].name);
+            dp_ctl_buf_cell(&b, o->commands[i].spec->name);
             dp_ctl_buf_puts(&b, "\t");
-            dp_ctl_buf_cell(&b, o->commands[i].usage);
+            dp_ctl_buf_cell(&b, o->commands[i].spec->args);
             dp_ctl_buf_puts(&b, "\t");
-            dp_ctl_buf_cell(&b, o->commands[i].help);
+            dp_ctl_buf_cell(&b, o->commands[i].spec->summary);
             dp_ctl_buf_puts(&b, "\n");
         }
     }
@@ -273,8 +273,8 @@ static void bad_request(ctl_client *c, const char *command, const char *why,
 {
     char text[512];
     if (cmd != NULL)
-        snprintf(text, sizeof text, "%s; usage: %s%s%s", why, cmd->name, cmd->usage[0] ? " " : "",
-                 cmd->usage);
+        snprintf(text, sizeof text, "%s; usage: %s%s%s", why, cmd->spec->name,
+                 cmd->spec->args[0] ? " " : "", cmd->spec->args);
     else
         snprintf(text, sizeof text, "%s", why);
     dp_log_event(DP_LOG_WARN, NULL, "ctl", "command=\"%s\" uid=%ld pid=%ld code=400", command,
@@ -296,13 +296,13 @@ static void dispatch(ctl_client *c, char *line)
     char name[64] = "";
     for (size_t i = 0, pos = 0; i < req.nwords && pos < sizeof name; i++)
         pos += (size_t)snprintf(name + pos, sizeof name - pos, "%s%s", i ? " " : "", req.words[i]);
-    if (strcmp(name, "help") == 0) {
+    if (strcmp(name, dp_ctl_specs[DP_CTL_CMD_HELP].name) == 0) {
         help_reply(c, &req);
         return;
     }
     const dp_ctl_command *cmd = NULL;
     for (size_t i = 0; i < o->ncommands && cmd == NULL; i++)
-        if (strcmp(o->commands[i].name, name) == 0)
+        if (strcmp(o->commands[i].spec->name, name) == 0)
             cmd = &o->commands[i];
     if (cmd == NULL) {
         char text[128];
@@ -312,12 +312,12 @@ static void dispatch(ctl_client *c, char *line)
     }
     for (size_t i = 0; i < req.nargs; i++) {
         bool known = false;
-        for (const char *const *k = cmd->keys; k != NULL && *k != NULL && !known; k++)
+        for (const char *const *k = cmd->spec->keys; k != NULL && *k != NULL && !known; k++)
             known = strcmp(*k, req.args[i].key) == 0;
         if (!known) {
             char text[128];
             snprintf(text, sizeof text, "unknown argument \"%s\"", req.args[i].key);
-            bad_request(c, cmd->name, text, cmd);
+            bad_request(c, cmd->spec->name, text, cmd);
             return;
         }
     }
@@ -326,7 +326,7 @@ static void dispatch(ctl_client *c, char *line)
         send_reply(c, 500, "out of memory", NULL, 0);
         return;
     }
-    *call = (dp_ctl_call){.client = c, .command = cmd->name, .json = req.json};
+    *call = (dp_ctl_call){.client = c, .command = cmd->spec->name, .json = req.json};
     c->pending = call;
     uv_timer_stop(&c->timer); /* a long command (drain) is not idleness */
     cmd->run(call, &req, o->arg);
@@ -476,7 +476,8 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     dp_ctl_buf g = {0};
-    dp_ctl_buf_printf(&g, "dynproxy-ctl %d %s %s\n", DP_CTL_VERSION, ctl->o.daemon, ctl->o.version);
+    dp_ctl_buf_printf(&g, "%s %d %s %s\n", DP_CTL_GREETING_WORD, DP_CTL_VERSION, ctl->o.daemon,
+                      ctl->o.version);
     client_send(c, &g);
     arm_timer(c);
     client_read_start(c);

@@ -13,15 +13,14 @@
 #include <uv.h>
 
 #include "dp_ctl_proto.h"
+#include "dp_ctl_spec.h"
 
 typedef struct dp_ctl dp_ctl;
 typedef struct dp_ctl_call dp_ctl_call; /* one request being answered */
 
+/* A command this server answers: its entry in the protocol's table and its handler. */
 typedef struct dp_ctl_command {
-    const char *name;        /* "status", "cache flush" */
-    const char *usage;       /* arguments, e.g. "[user=U] [backend=B]" */
-    const char *const *keys; /* the argument keys it accepts (NULL-terminated; NULL: none) */
-    const char *help;        /* one line */
+    const dp_ctl_spec *spec; /* name, usage, accepted keys, summary (dp_ctl_spec.h) */
     /* Answer with dp_ctl_reply, now or later on the same loop. */
     void (*run)(dp_ctl_call *call, const dp_ctl_request *req, void *arg);
 } dp_ctl_command;

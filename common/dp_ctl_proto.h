@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DP_CTL_VERSION 1
-#define DP_CTL_LINE_MAX 4096 /* request line, LF included */
+#include "dp_ctl_spec.h" /* DP_CTL_VERSION, DP_CTL_LINE_MAX */
+
 #define DP_CTL_WORDS_MAX 4
 #define DP_CTL_ARGS_MAX 16
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dp_ctl_spec.h"
 #include "dp_daemon_int.h"
 #include "dp_log.h"
 #include "dp_metrics.h"
@@ -114,7 +115,8 @@ static const dp_conf_entry common_entries[] = {
      "control connections open at once"},
     {"control.timeout_ms", DP_CONF_INT, OFF(ctl_timeout_ms), "30000", 100, 3600000, 0, NULL, NULL,
      "a control connection idle this long is closed"},
-    {"control.drain_timeout_s", DP_CONF_INT, OFF(drain_timeout_s), "300", 0, 86400, R, NULL, NULL,
+    {"control.drain_timeout_s", DP_CONF_INT, OFF(drain_timeout_s), DP_STR(DP_CTL_DRAIN_DEFAULT_S),
+     0, 86400, R, NULL, NULL,
      "drain (SIGTERM, proxyctl drain): sessions left at this deadline are kicked"},
     {"control.drain_message", DP_CONF_STRING, OFF(drain_message),
      "the service is restarting for maintenance; please reconnect", 1, 200, R, NULL, NULL,

@@ -720,25 +720,18 @@ static void ctl_async_cb(uv_async_t *a)
 
 /* ---- the table ---- */
 
-static const char *const keys_sessions[] = {"id", "user", "backend", NULL};
-static const char *const keys_kick[] = {"id", "user", "backend", "message", NULL};
-static const char *const keys_drain[] = {"timeout", "message", NULL};
-static const char *const keys_flush[] = {"user", NULL};
-
+/* A handler for each command of the protocol's table that a daemon answers (all but the
+ * built-in help and proxyctl's local move). */
 static const dp_ctl_command commands[] = {
-    {"status", "", NULL, "version, uptime, workers, state, configuration and hook", cmd_status},
-    {"sessions", "[id=ID] [user=U] [backend=B]", keys_sessions,
-     "list sessions (id, proto, user, client, backend, started, bytes, state)", cmd_sessions},
-    {"kick", "id=ID | user=U | backend=B [message=TEXT]", keys_kick,
-     "end the matching sessions, telling the clients why", cmd_kick},
-    {"pause", "", NULL, "stop accepting new connections", cmd_pause},
-    {"resume", "", NULL, "accept new connections again", cmd_resume},
-    {"drain", "[timeout=SECONDS] [message=TEXT]", keys_drain,
-     "stop accepting, wait for sessions to end (kick the rest at the deadline), exit 0", cmd_drain},
-    {"reload", "", NULL, "re-read the configuration and re-load the hook", cmd_reload},
-    {"cache flush", "[user=U]", keys_flush, "drop cached routes (one user's or all)",
-     cmd_cache_flush},
-    {"stats", "", NULL, "counters since start (as in /metrics)", cmd_stats},
+    {&dp_ctl_specs[DP_CTL_CMD_STATUS], cmd_status},
+    {&dp_ctl_specs[DP_CTL_CMD_SESSIONS], cmd_sessions},
+    {&dp_ctl_specs[DP_CTL_CMD_KICK], cmd_kick},
+    {&dp_ctl_specs[DP_CTL_CMD_PAUSE], cmd_pause},
+    {&dp_ctl_specs[DP_CTL_CMD_RESUME], cmd_resume},
+    {&dp_ctl_specs[DP_CTL_CMD_DRAIN], cmd_drain},
+    {&dp_ctl_specs[DP_CTL_CMD_RELOAD], cmd_reload},
+    {&dp_ctl_specs[DP_CTL_CMD_CACHE_FLUSH], cmd_cache_flush},
+    {&dp_ctl_specs[DP_CTL_CMD_STATS], cmd_stats},
 };
 
 int dp_daemon_ctl_init(dp_daemon *d, char *err, size_t errlen)

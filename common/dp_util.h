@@ -2,6 +2,10 @@
 #ifndef DP_UTIL_H
 #define DP_UTIL_H
 
+/* A macro's value as a string literal: DP_STR(300) is "300". */
+#define DP_STR_(x) #x
+#define DP_STR(x) DP_STR_(x)
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>

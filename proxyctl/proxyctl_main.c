@@ -168,7 +168,7 @@ static int exchange(const char *path, const char *request, int json, double time
     if (rc == -EPROTONOSUPPORT) {
         fprintf(stderr,
                 "proxyctl: %s (%s %s) speaks control protocol %d; this proxyctl speaks %d\n", path,
-                daemon, version, proto, CTL_PROTO_VERSION);
+                daemon, version, proto, DP_CTL_VERSION);
         goto out;
     }
     if (rc != 0) {
@@ -208,7 +208,7 @@ out:
 /* drain's own deadline plus the slack, for the default -t. */
 static double drain_timeout(int nargs, char **args)
 {
-    double t = CTL_DRAIN_DEFAULT_S;
+    double t = DP_CTL_DRAIN_DEFAULT_S;
     for (int i = 0; i < nargs; i++) {
         if (strncmp(args[i], "timeout=", 8) == 0) {
             char *end;
@@ -262,7 +262,7 @@ int main(int argc, char **argv)
             ctl_usage(stdout);
             return CTL_EXIT_OK;
         case OPT_VERSION:
-            printf("proxyctl %s (control protocol %d)\n", DP_VERSION, CTL_PROTO_VERSION);
+            printf("proxyctl %s (control protocol %d)\n", DP_VERSION, DP_CTL_VERSION);
             return CTL_EXIT_OK;
         case ':':
             return usage_error("option %s needs an argument", printable(argv[optind - 1]));
@@ -280,7 +280,7 @@ int main(int argc, char **argv)
     }
 
     int nwords = 0;
-    const ctl_cmd *cmd = ctl_cmd_find(argc, argv, &nwords);
+    const dp_ctl_spec *cmd = ctl_cmd_find(argc, argv, &nwords);
     if (cmd == NULL)
         return usage_error("unknown command \"%s\"", printable(argv[0]));
     for (int i = nwords; i < argc; i++) {
@@ -289,17 +289,17 @@ int main(int argc, char **argv)
             return CTL_EXIT_OK;
         }
     }
-    if (cmd->flags & CTL_CMD_LOCAL) {
+    if (cmd->flags & DP_CTL_LOCAL) {
         if (nsock > 0 || json)
             return usage_error("%s does not talk to a daemon: --ssh, --ftp, -s and --json do "
                                "not apply",
                                cmd->name);
         return ctl_cmd_move(argc, argv, timeout_s > 0 ? timeout_s : CTL_DEFAULT_TIMEOUT_S);
     }
-    if (strcmp(cmd->name, "help") == 0 && nsock == 0) {
+    if (cmd == &dp_ctl_specs[DP_CTL_CMD_HELP] && nsock == 0) {
         if (argc > 1) {
             int n;
-            const ctl_cmd *which = ctl_cmd_find(argc - 1, argv + 1, &n);
+            const dp_ctl_spec *which = ctl_cmd_find(argc - 1, argv + 1, &n);
             if (which == NULL)
                 return usage_error("unknown command \"%s\"", printable(argv[1]));
             ctl_cmd_usage(which, stdout);
@@ -309,7 +309,7 @@ int main(int argc, char **argv)
         return CTL_EXIT_OK;
     }
 
-    char request[CTL_REQUEST_MAX];
+    char request[DP_CTL_LINE_MAX];
     const char *bad = NULL;
     int rc = ctl_build_request(cmd->name, argv + nwords, argc - nwords, json, request,
                                sizeof request, &bad);
@@ -324,7 +324,7 @@ int main(int argc, char **argv)
     if (path == NULL && (path = pick_socket()) == NULL)
         return CTL_EXIT_USAGE;
     if (timeout_s <= 0)
-        timeout_s = (cmd->flags & CTL_CMD_DRAIN) ? drain_timeout(argc - nwords, argv + nwords)
-                                                 : CTL_DEFAULT_TIMEOUT_S;
+        timeout_s = (cmd->flags & DP_CTL_WAITS) ? drain_timeout(argc - nwords, argv + nwords)
+                                                : CTL_DEFAULT_TIMEOUT_S;
     return exchange(path, request, json, timeout_s);
 }

@@ -50,7 +50,7 @@ int ctl_parse_greeting(const char *line, int *proto, char *daemon, size_t daemon
 {
     char word[32], num[16];
     const char *p = line;
-    if (next_word(&p, word, sizeof word) == 0 || strcmp(word, CTL_GREETING_WORD) != 0)
+    if (next_word(&p, word, sizeof word) == 0 || strcmp(word, DP_CTL_GREETING_WORD) != 0)
         return -EPROTO;
     size_t n = next_word(&p, num, sizeof num);
     if (n == 0 || n >= sizeof num)
@@ -63,7 +63,7 @@ int ctl_parse_greeting(const char *line, int *proto, char *daemon, size_t daemon
         *proto = v;
     next_word(&p, daemon, daemon_len);
     next_word(&p, version, version_len);
-    return v == CTL_PROTO_VERSION ? 0 : -EPROTONOSUPPORT;
+    return v == DP_CTL_VERSION ? 0 : -EPROTONOSUPPORT;
 }
 
 int ctl_parse_status(const char *line, int *code, const char **text)
@@ -139,8 +139,8 @@ int ctl_quote_arg(const char *arg, char *out, size_t outlen, size_t *len)
 int ctl_build_request(const char *command, char *const *args, int nargs, int json, char *out,
                       size_t outlen, const char **bad)
 {
-    /* The LF that ends the line counts against CTL_REQUEST_MAX. */
-    size_t cap = outlen < CTL_REQUEST_MAX ? outlen : CTL_REQUEST_MAX;
+    /* The LF that ends the line counts against DP_CTL_LINE_MAX. */
+    size_t cap = outlen < DP_CTL_LINE_MAX ? outlen : DP_CTL_LINE_MAX;
     size_t len = 0;
     int has_format = 0;
     if (bad != NULL)

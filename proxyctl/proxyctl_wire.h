@@ -13,10 +13,7 @@
 
 #include <stddef.h>
 
-#define CTL_PROTO_VERSION 1
-#define CTL_GREETING_WORD "dynproxy-ctl"
-/* Longest request line the daemon reads, terminating LF included. */
-#define CTL_REQUEST_MAX 4096
+#include "dp_ctl_spec.h" /* DP_CTL_VERSION, DP_CTL_GREETING_WORD, DP_CTL_LINE_MAX */
 
 /* proxyctl's exit codes (docs/operations.md, "proxyctl"). */
 enum {
@@ -36,7 +33,7 @@ int ctl_exit_for_status(int code);
 int ctl_exit_for_errno(int neg_errno);
 
 /*
- * Parse the greeting line (no line end). Returns 0 for protocol CTL_PROTO_VERSION and fills
+ * Parse the greeting line (no line end). Returns 0 for protocol DP_CTL_VERSION and fills
  * daemon / version (truncated to their sizes; either may be NULL); -EPROTONOSUPPORT for a
  * dynproxy-ctl greeting of another protocol version (*proto set); -EPROTO when the line is no
  * greeting at all.
@@ -62,7 +59,7 @@ int ctl_quote_arg(const char *arg, char *out, size_t outlen, size_t *len);
  * The request line for `command` (one word, or two for "cache flush") and its arguments,
  * without the line end. `json` adds format=json unless an argument already sets format=.
  * Returns 0; -EINVAL with *bad = the argument that cannot be sent; -E2BIG when the line (with
- * its LF) would exceed CTL_REQUEST_MAX or outlen.
+ * its LF) would exceed DP_CTL_LINE_MAX or outlen.
  */
 int ctl_build_request(const char *command, char *const *args, int nargs, int json, char *out,
                       size_t outlen, const char **bad);

@@ -81,7 +81,7 @@ END_TEST
 
 START_TEST(request_lines)
 {
-    char out[CTL_REQUEST_MAX];
+    char out[DP_CTL_LINE_MAX];
     const char *bad;
     char *args[] = {"user=alice", "message=moved, sorry"};
     ck_assert_int_eq(ctl_build_request("kick", args, 2, 0, out, sizeof out, &bad), 0);
@@ -101,17 +101,17 @@ END_TEST
 
 START_TEST(request_length_limit)
 {
-    char out[2 * CTL_REQUEST_MAX];
-    char *arg = malloc(CTL_REQUEST_MAX);
+    char out[2 * DP_CTL_LINE_MAX];
+    char *arg = malloc(DP_CTL_LINE_MAX);
     ck_assert_ptr_nonnull(arg);
     /* "kick " + "message=" + value + LF = exactly 4096 bytes: fits. */
-    size_t vlen = CTL_REQUEST_MAX - 1 - strlen("kick message=");
+    size_t vlen = DP_CTL_LINE_MAX - 1 - strlen("kick message=");
     memcpy(arg, "message=", 8);
     memset(arg + 8, 'x', vlen);
     arg[8 + vlen] = '\0';
     char *args[] = {arg};
     ck_assert_int_eq(ctl_build_request("kick", args, 1, 0, out, sizeof out, NULL), 0);
-    ck_assert_uint_eq(strlen(out) + 1, CTL_REQUEST_MAX);
+    ck_assert_uint_eq(strlen(out) + 1, DP_CTL_LINE_MAX);
     arg[8 + vlen] = 'x';
     arg[9 + vlen] = '\0';
     ck_assert_int_eq(ctl_build_request("kick", args, 1, 0, out, sizeof out, NULL), -E2BIG);
