@@ -667,3 +667,34 @@ void dp_conf_dump(const dp_conf_table *const *tables, const void *base, int fd)
             }
         }
 }
+
+static const char *const conf_type_names[] = {
+    [DP_CONF_BOOL] = "bool",           [DP_CONF_INT] = "int",   [DP_CONF_STRING] = "string",
+    [DP_CONF_STRLIST] = "string list", [DP_CONF_ENUM] = "enum", [DP_CONF_PARAMS] = "group",
+};
+
+void dp_conf_keys(const dp_conf_table *const *tables, int fd)
+{
+    for (size_t t = 0; tables[t] != NULL; t++)
+        for (size_t i = 0; i < tables[t]->n; i++) {
+            const dp_conf_entry *ent = &tables[t]->entries[i];
+            dprintf(fd, "%s\t%s\t", ent->path, conf_type_names[ent->type]);
+            if (ent->flags & DP_CONF_REQUIRED)
+                dprintf(fd, "(required)");
+            else if (ent->type == DP_CONF_STRING || ent->type == DP_CONF_ENUM)
+                dprintf(fd, "\"%s\"", ent->def != NULL ? ent->def : "");
+            else if (ent->type == DP_CONF_STRLIST)
+                dprintf(fd, "[%s]", ent->def != NULL ? ent->def : "");
+            else if (ent->type == DP_CONF_PARAMS)
+                dprintf(fd, "{}");
+            else
+                dprintf(fd, "%s",
+                        ent->def != NULL ? ent->def : (ent->type == DP_CONF_BOOL ? "false" : "0"));
+            dprintf(fd, "\t");
+            if (ent->type == DP_CONF_INT)
+                dprintf(fd, "%lld..%lld", ent->min, ent->max);
+            for (size_t k = 0; ent->type == DP_CONF_ENUM && ent->choices[k] != NULL; k++)
+                dprintf(fd, "%s%s", k ? ", " : "", ent->choices[k]);
+            dprintf(fd, "\t%s\n", (ent->flags & DP_CONF_RELOADABLE) ? "yes" : "no");
+        }
+}

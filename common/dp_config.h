@@ -54,6 +54,45 @@ typedef struct dp_conf_entry {
     const char *help; /* one line, for docs and -T */
 } dp_conf_entry;
 
+/*
+ * One row of a table per macro, by type (Redis's createIntConfig style), so a row names what it
+ * sets instead of filling ten positional columns. `off` is the field's offsetof in the config
+ * struct, `flags` DP_CONF_*; an extra check on the stored value is appended as `.check = fn`.
+ *   DP_CONF_INT_KEY("hook.threads", OFF(hook_threads), "8", 1, 128, 0, "threads running ...")
+ */
+#define DP_CONF_INT_KEY(path_, off_, def_, min_, max_, flags_, help_, ...)                         \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_INT, .offset = (off_), .def = (def_), .min = (min_),      \
+        .max = (max_), .flags = (flags_), .help = (help_), __VA_ARGS__                             \
+    }
+#define DP_CONF_BOOL_KEY(path_, off_, def_, flags_, help_)                                         \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_BOOL, .offset = (off_), .def = (def_), .flags = (flags_), \
+        .help = (help_)                                                                            \
+    }
+/* min_/max_: length bounds (max_ 0: none) */
+#define DP_CONF_STRING_KEY(path_, off_, def_, min_, max_, flags_, help_, ...)                      \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_STRING, .offset = (off_), .def = (def_), .min = (min_),   \
+        .max = (max_), .flags = (flags_), .help = (help_), __VA_ARGS__                             \
+    }
+/* max_items_: 0 = no limit; a list has no default (empty) */
+#define DP_CONF_LIST_KEY(path_, off_, max_items_, flags_, help_, ...)                              \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_STRLIST, .offset = (off_), .max = (max_items_),           \
+        .flags = (flags_), .help = (help_), __VA_ARGS__                                            \
+    }
+#define DP_CONF_ENUM_KEY(path_, off_, def_, choices_, flags_, help_)                               \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_ENUM, .offset = (off_), .def = (def_), .flags = (flags_), \
+        .choices = (choices_), .help = (help_)                                                     \
+    }
+#define DP_CONF_PARAMS_KEY(path_, off_, flags_, help_)                                             \
+    {                                                                                              \
+        .path = (path_), .type = DP_CONF_PARAMS, .offset = (off_), .flags = (flags_),              \
+        .help = (help_)                                                                            \
+    }
+
 typedef struct dp_conf_table {
     const dp_conf_entry *entries;
     size_t n;
@@ -93,5 +132,11 @@ bool dp_conf_params_equal(const dp_conf_params *a, const dp_conf_params *b);
 
 /* Write the effective configuration ("key = value;" lines) to fd, for -T. */
 void dp_conf_dump(const dp_conf_table *const *tables, const void *base, int fd);
+
+/* Every key of `tables`, one line each, tab-separated: key, type (int, bool, string, string
+ * list, enum, group), default (as the file would write it; "(required)" for a required key),
+ * range ("min..max" for an int, the choices of an enum, else empty), reload ("yes"/"no").
+ * For `-K`, and for the test that holds docs/configuration.md to the tables. */
+void dp_conf_keys(const dp_conf_table *const *tables, int fd);
 
 #endif

@@ -72,59 +72,62 @@ static int check_metrics_listen(const void *value, char *err, size_t errlen)
 #define OFF(field) offsetof(dp_daemon_conf, field)
 #define R DP_CONF_RELOADABLE
 static const dp_conf_entry common_entries[] = {
-    {"log_level", DP_CONF_ENUM, OFF(log_level), "info", 0, 0, R, log_levels, NULL,
-     "error, warn, info or debug"},
-    {"workers", DP_CONF_INT, OFF(workers), "0", 0, 256, 0, NULL, NULL,
-     "worker threads (event loops); 0 = one per CPU"},
-    {"listen", DP_CONF_STRLIST, OFF(listen), NULL, 0, 64, DP_CONF_REQUIRED, NULL, check_listen,
-     "addresses to accept on: \"ip:port\", \"[ipv6]:port\", \"*:port\""},
-    {"backlog", DP_CONF_INT, OFF(backlog), "1024", 16, 65535, 0, NULL, NULL, "listen(2) backlog"},
-    {"shutdown_timeout_ms", DP_CONF_INT, OFF(shutdown_timeout_ms), "10000", 100, 3600000, R, NULL,
-     NULL, "graceful stop deadline"},
-    {"tcp_keepalive_s", DP_CONF_INT, OFF(tcp_keepalive_s), "60", 0, 7200, R, NULL, NULL,
-     "TCP keepalive idle time on client and backend sockets; 0 = off"},
-    {"proxy_protocol.enabled", DP_CONF_BOOL, OFF(proxy_enabled), "false", 0, 0, 0, NULL, NULL,
-     "require a PROXY v1/v2 header from trusted peers"},
-    {"proxy_protocol.trusted", DP_CONF_STRLIST, OFF(proxy_trusted), NULL, 0, 1024, 0, NULL,
-     check_cidrs, "load balancer addresses/CIDRs a PROXY header is accepted from"},
-    {"proxy_protocol.timeout_ms", DP_CONF_INT, OFF(proxy_timeout_ms), "3000", 10, 60000, 0, NULL,
-     NULL, "deadline for the PROXY header"},
-    {"proxy_protocol.max_header", DP_CONF_INT, OFF(proxy_max_header), "1024", 107, 4096, 0, NULL,
-     NULL, "largest PROXY v2 header accepted (TLVs included)"},
-    {"hook.path", DP_CONF_STRING, OFF(hook_path), "static.so", 0, 4096, R, NULL, NULL,
-     "routing hook .so (a bare name is looked up in the hook directory)"},
-    {"hook.timeout_ms", DP_CONF_INT, OFF(hook_timeout_ms), "2000", 10, 60000, R, NULL, NULL,
-     "deadline of one hook call"},
-    {"hook.threads", DP_CONF_INT, OFF(hook_threads), "8", 1, 128, 0, NULL, NULL,
-     "threads running hook calls (libuv threadpool size)"},
-    {"hook.cache_ttl_ms", DP_CONF_INT, OFF(cache_ttl_ms), "30000", 0, 86400000, R, NULL, NULL,
-     "how long a route is cached"},
-    {"hook.negative_ttl_ms", DP_CONF_INT, OFF(cache_negative_ttl_ms), "5000", 0, 86400000, R, NULL,
-     NULL, "how long an unknown-user answer is cached"},
-    {"hook.stale_ms", DP_CONF_INT, OFF(cache_stale_ms), "300000", 0, 86400000, R, NULL, NULL,
-     "how long past its ttl a route is still served when the hook fails"},
-    {"hook.cache_max_entries", DP_CONF_INT, OFF(cache_max_entries), "100000", 1, 100000000, R, NULL,
-     NULL, "route cache size per worker"},
-    {"hook.config", DP_CONF_PARAMS, OFF(hook_params), NULL, 0, 0, R, NULL, NULL,
-     "the hook's own settings (see the hook's documentation)"},
-    {"metrics.listen", DP_CONF_STRING, OFF(metrics_listen), "", 0, 64, 0, NULL,
-     check_metrics_listen, "Prometheus endpoint /metrics: \"ip:port\"; empty = off"},
-    {"control.socket", DP_CONF_STRING, OFF(ctl_socket), "", 0, 107, 0, NULL, NULL,
-     "Unix socket for proxyctl (mode 0600); empty = none"},
-    {"control.max_clients", DP_CONF_INT, OFF(ctl_max_clients), "16", 1, 1024, 0, NULL, NULL,
-     "control connections open at once"},
-    {"control.timeout_ms", DP_CONF_INT, OFF(ctl_timeout_ms), "30000", 100, 3600000, 0, NULL, NULL,
-     "a control connection idle this long is closed"},
-    {"control.drain_timeout_s", DP_CONF_INT, OFF(drain_timeout_s), DP_STR(DP_CTL_DRAIN_DEFAULT_S),
-     0, 86400, R, NULL, NULL,
-     "drain (SIGTERM, proxyctl drain): sessions left at this deadline are kicked"},
-    {"control.drain_message", DP_CONF_STRING, OFF(drain_message),
-     "the service is restarting for maintenance; please reconnect", 1, 200, R, NULL, NULL,
-     "what kicked sessions are told at the drain deadline"},
-    {"user", DP_CONF_STRING, OFF(run_user), "", 0, 64, 0, NULL, NULL,
-     "after binding, run as this user (root only; empty = stay)"},
-    {"group", DP_CONF_STRING, OFF(run_group), "", 0, 64, 0, NULL, NULL,
-     "with user: run with this group (empty = the user's primary group)"},
+    DP_CONF_ENUM_KEY("log_level", OFF(log_level), "info", log_levels, R,
+                     "error, warn, info or debug"),
+    DP_CONF_INT_KEY("workers", OFF(workers), "0", 0, 256, 0,
+                    "worker threads (event loops); 0 = one per CPU"),
+    DP_CONF_LIST_KEY("listen", OFF(listen), 64, DP_CONF_REQUIRED,
+                     "addresses to accept on: \"ip:port\", \"[ipv6]:port\", \"*:port\"",
+                     .check = check_listen),
+    DP_CONF_INT_KEY("backlog", OFF(backlog), "1024", 16, 65535, 0, "listen(2) backlog"),
+    DP_CONF_INT_KEY("shutdown_timeout_ms", OFF(shutdown_timeout_ms), "10000", 100, 3600000, R,
+                    "graceful stop deadline"),
+    DP_CONF_INT_KEY("tcp_keepalive_s", OFF(tcp_keepalive_s), "60", 0, 7200, R,
+                    "TCP keepalive idle time on client and backend sockets; 0 = off"),
+    DP_CONF_BOOL_KEY("proxy_protocol.enabled", OFF(proxy_enabled), "false", 0,
+                     "require a PROXY v1/v2 header from trusted peers"),
+    DP_CONF_LIST_KEY("proxy_protocol.trusted", OFF(proxy_trusted), 1024, 0,
+                     "load balancer addresses/CIDRs a PROXY header is accepted from",
+                     .check = check_cidrs),
+    DP_CONF_INT_KEY("proxy_protocol.timeout_ms", OFF(proxy_timeout_ms), "3000", 10, 60000, 0,
+                    "deadline for the PROXY header"),
+    DP_CONF_INT_KEY("proxy_protocol.max_header", OFF(proxy_max_header), "1024", 107, 4096, 0,
+                    "largest PROXY v2 header accepted (TLVs included)"),
+    DP_CONF_STRING_KEY("hook.path", OFF(hook_path), "static.so", 0, 4096, R,
+                       "routing hook .so (a bare name is looked up in the hook directory)"),
+    DP_CONF_INT_KEY("hook.timeout_ms", OFF(hook_timeout_ms), "2000", 10, 60000, R,
+                    "deadline of one hook call"),
+    DP_CONF_INT_KEY("hook.threads", OFF(hook_threads), "8", 1, 128, 0,
+                    "threads running hook calls (libuv threadpool size)"),
+    DP_CONF_INT_KEY("hook.cache_ttl_ms", OFF(cache_ttl_ms), "30000", 0, 86400000, R,
+                    "how long a route is cached"),
+    DP_CONF_INT_KEY("hook.negative_ttl_ms", OFF(cache_negative_ttl_ms), "5000", 0, 86400000, R,
+                    "how long an unknown-user answer is cached"),
+    DP_CONF_INT_KEY("hook.stale_ms", OFF(cache_stale_ms), "300000", 0, 86400000, R,
+                    "how long past its ttl a route is still served when the hook fails"),
+    DP_CONF_INT_KEY("hook.cache_max_entries", OFF(cache_max_entries), "100000", 1, 100000000, R,
+                    "route cache size per worker"),
+    DP_CONF_PARAMS_KEY("hook.config", OFF(hook_params), R,
+                       "the hook's own settings (see the hook's documentation)"),
+    DP_CONF_STRING_KEY("metrics.listen", OFF(metrics_listen), "", 0, 64, 0,
+                       "Prometheus endpoint /metrics: \"ip:port\"; empty = off",
+                       .check = check_metrics_listen),
+    DP_CONF_STRING_KEY("control.socket", OFF(ctl_socket), "", 0, 107, 0,
+                       "Unix socket for proxyctl (mode 0600); empty = none"),
+    DP_CONF_INT_KEY("control.max_clients", OFF(ctl_max_clients), "16", 1, 1024, 0,
+                    "control connections open at once"),
+    DP_CONF_INT_KEY("control.timeout_ms", OFF(ctl_timeout_ms), "30000", 100, 3600000, 0,
+                    "a control connection idle this long is closed"),
+    DP_CONF_INT_KEY("control.drain_timeout_s", OFF(drain_timeout_s), DP_STR(DP_CTL_DRAIN_DEFAULT_S),
+                    0, 86400, R,
+                    "drain (SIGTERM, proxyctl drain): sessions left at this deadline are kicked"),
+    DP_CONF_STRING_KEY("control.drain_message", OFF(drain_message),
+                       "the service is restarting for maintenance; please reconnect", 1, 200, R,
+                       "what kicked sessions are told at the drain deadline"),
+    DP_CONF_STRING_KEY("user", OFF(run_user), "", 0, 64, 0,
+                       "after binding, run as this user (root only; empty = stay)"),
+    DP_CONF_STRING_KEY("group", OFF(run_group), "", 0, 64, 0,
+                       "with user: run with this group (empty = the user's primary group)"),
 };
 #undef R
 #undef OFF
@@ -505,10 +508,11 @@ static int metrics_start(const dp_daemon_conf *c, char *err, size_t errlen)
 static void usage(const dp_daemon_def *def, FILE *f)
 {
     fprintf(f,
-            "usage: %s [-c FILE] [-t] [-T] [-V]\n"
+            "usage: %s [-c FILE] [-t] [-T] [-K] [-V]\n"
             "  -c FILE  configuration file (default %s)\n"
             "  -t       check the configuration and the hook, then exit\n"
             "  -T       like -t, and print the effective configuration\n"
+            "  -K       list every configuration key (key, type, default, range, reload)\n"
             "  -V       print the version\n",
             def->name, def->default_config);
 }
@@ -531,7 +535,7 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
     bool test_only = false, dump = false;
     int opt;
     dp_log_init(def->name, 2);
-    while ((opt = getopt(argc, argv, "c:tTVh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tTKVh")) != -1) {
         switch (opt) {
         case 'c':
             d.config_path = optarg;
@@ -542,6 +546,9 @@ int dp_daemon_main(const dp_daemon_def *def, int argc, char **argv)
         case 'T':
             test_only = dump = true;
             break;
+        case 'K':
+            dp_conf_keys(d.tables, 1);
+            return 0;
         case 'V':
             printf("%s %s (hook ABI %u.%u)%s%s\n", def->name, DP_VERSION, DPH_ABI_MAJOR,
                    DPH_ABI_MINOR, def->build_info != NULL ? " " : "",

@@ -26,8 +26,8 @@ typedef struct probe_conf {
 } probe_conf;
 
 static const dp_conf_entry probe_entries[] = {
-    {"probe.greeting", DP_CONF_STRING, offsetof(probe_conf, greeting), "probe ready", 0, 100,
-     DP_CONF_RELOADABLE, NULL, NULL, "first line sent to clients"},
+    DP_CONF_STRING_KEY("probe.greeting", offsetof(probe_conf, greeting), "probe ready", 0, 100,
+                       DP_CONF_RELOADABLE, "first line sent to clients"),
 };
 static const dp_conf_table probe_table = {probe_entries, 1};
 

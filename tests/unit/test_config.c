@@ -30,11 +30,11 @@ static int check_banner(const void *value, char *err, size_t errlen)
 
 #define OFF(f) offsetof(test_conf, f)
 static const dp_conf_entry own_entries[] = {
-    {"test.banner", DP_CONF_STRING, OFF(banner), "hello", 0, 40, DP_CONF_RELOADABLE, NULL,
-     check_banner, "greeting"},
-    {"test.max_sessions", DP_CONF_INT, OFF(max_sessions), "100", 1, 1000, 0, NULL, NULL, "cap"},
-    {"test.fast", DP_CONF_BOOL, OFF(fast), "false", 0, 0, DP_CONF_RELOADABLE, NULL, NULL, "x"},
-    {"test.names", DP_CONF_STRLIST, OFF(names), "a,b", 0, 3, DP_CONF_RELOADABLE, NULL, NULL, "y"},
+    DP_CONF_STRING_KEY("test.banner", OFF(banner), "hello", 0, 40, DP_CONF_RELOADABLE, "greeting",
+                       .check = check_banner),
+    DP_CONF_INT_KEY("test.max_sessions", OFF(max_sessions), "100", 1, 1000, 0, "cap"),
+    DP_CONF_BOOL_KEY("test.fast", OFF(fast), "false", DP_CONF_RELOADABLE, "x"),
+    DP_CONF_LIST_KEY("test.names", OFF(names), 3, DP_CONF_RELOADABLE, "y", .def = "a,b"),
 };
 #undef OFF
 static const dp_conf_table own_table = {own_entries, sizeof own_entries / sizeof own_entries[0]};
