@@ -111,55 +111,55 @@ typedef struct ftpp_gai {
 /* ---- the session ---- */
 
 typedef enum ftpp_state {
-    ST_PRELOGIN,   /* greeting sent; waiting for USER */
-    ST_LOOKUP,     /* route lookup in flight */
-    ST_CONNECTING, /* resolving / connecting to the backend */
-    ST_GREETING,   /* waiting for the backend's 220 */
-    ST_USER,       /* replaying HOST/OPTS and USER */
-    ST_NEED_PASS,  /* 331 sent to the client */
-    ST_PASS,       /* PASS sent to the backend, or the unknown-user delay runs */
-    ST_LOGGED_IN,
-    ST_CLOSING, /* flushing the last reply, then closing */
+    FTPP_ST_PRELOGIN,   /* greeting sent; waiting for USER */
+    FTPP_ST_LOOKUP,     /* route lookup in flight */
+    FTPP_ST_CONNECTING, /* resolving / connecting to the backend */
+    FTPP_ST_GREETING,   /* waiting for the backend's 220 */
+    FTPP_ST_USER,       /* replaying HOST/OPTS and USER */
+    FTPP_ST_NEED_PASS,  /* 331 sent to the client */
+    FTPP_ST_PASS,       /* PASS sent to the backend, or the unknown-user delay runs */
+    FTPP_ST_LOGGED_IN,
+    FTPP_ST_CLOSING, /* flushing the last reply, then closing */
 } ftpp_state;
 
 /* What a command sent to the backend was for; its reply is routed by this. */
 typedef enum ftpp_expect {
-    EX_GREETING,
-    EX_HOST,
-    EX_OPTS,
-    EX_USER,
-    EX_PASS,
-    EX_RELAY,    /* relay the reply as is */
-    EX_FEAT,     /* relay, minus what the proxy does not offer (TLS) */
-    EX_QUIT,     /* relay, then close */
-    EX_PASV,     /* EPSV or PASV for a transfer: internal */
-    EX_PORT,     /* EPRT or PORT for a transfer: internal */
-    EX_TRANSFER, /* the transfer command: 1xx relayed, the final reply maybe held */
-    EX_ABOR,     /* relay */
-    EX_SWALLOW,  /* an internal command whose answer nobody wants any more */
+    FTPP_EX_GREETING,
+    FTPP_EX_HOST,
+    FTPP_EX_OPTS,
+    FTPP_EX_USER,
+    FTPP_EX_PASS,
+    FTPP_EX_RELAY,    /* relay the reply as is */
+    FTPP_EX_FEAT,     /* relay, minus what the proxy does not offer (TLS) */
+    FTPP_EX_QUIT,     /* relay, then close */
+    FTPP_EX_PASV,     /* EPSV or PASV for a transfer: internal */
+    FTPP_EX_PORT,     /* EPRT or PORT for a transfer: internal */
+    FTPP_EX_TRANSFER, /* the transfer command: 1xx relayed, the final reply maybe held */
+    FTPP_EX_ABOR,     /* relay */
+    FTPP_EX_SWALLOW,  /* an internal command whose answer nobody wants any more */
 } ftpp_expect;
 
 #define FTPP_PENDING_MAX 8
 
 typedef enum ftpp_dmode {
-    DM_NONE,
-    DM_PASSIVE, /* PASV/EPSV: s->pasv listener, or s->pasv_fd already accepted */
-    DM_ACTIVE,  /* PORT/EPRT: connect to s->active_addr */
+    FTPP_DM_NONE,
+    FTPP_DM_PASSIVE, /* PASV/EPSV: s->pasv listener, or s->pasv_fd already accepted */
+    FTPP_DM_ACTIVE,  /* PORT/EPRT: connect to s->active_addr */
 } ftpp_dmode;
 
 typedef enum ftpp_xdir {
-    XD_DOWN, /* backend -> client: RETR */
-    XD_LIST, /* backend -> client: LIST/NLST/MLSD */
-    XD_UP,   /* client -> backend: STOR/STOU/APPE */
+    FTPP_XD_DOWN, /* backend -> client: RETR */
+    FTPP_XD_LIST, /* backend -> client: LIST/NLST/MLSD */
+    FTPP_XD_UP,   /* client -> backend: STOR/STOU/APPE */
 } ftpp_xdir;
 
 typedef enum ftpp_xstate {
-    XS_CLIENT_LEG,   /* waiting for the client's data connection (accept / connect) */
-    XS_BACKEND_PASV, /* EPSV/PASV sent to the backend */
-    XS_BACKEND_CONN, /* connecting to the backend's data port */
-    XS_BACKEND_PORT, /* EPRT/PORT sent to the backend (active toward it) */
-    XS_COMMAND,      /* transfer command sent; relay running once both legs are up */
-    XS_ABORTED,      /* ABOR: legs closed, waiting for the backend's replies */
+    FTPP_XS_CLIENT_LEG,   /* waiting for the client's data connection (accept / connect) */
+    FTPP_XS_BACKEND_PASV, /* EPSV/PASV sent to the backend */
+    FTPP_XS_BACKEND_CONN, /* connecting to the backend's data port */
+    FTPP_XS_BACKEND_PORT, /* EPRT/PORT sent to the backend (active toward it) */
+    FTPP_XS_COMMAND,      /* transfer command sent; relay running once both legs are up */
+    FTPP_XS_ABORTED,      /* ABOR: legs closed, waiting for the backend's replies */
 } ftpp_xstate;
 
 typedef struct ftpp_xfer {
@@ -328,7 +328,7 @@ void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line);
 void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line);
 void ftpp_backend_resume(ftpp_sess *s);
 void ftpp_backend_close(ftpp_sess *s);
-/* Unsent expectations become EX_SWALLOW (their answers are dropped). */
+/* Unsent expectations become FTPP_EX_SWALLOW (their answers are dropped). */
 void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex);
 
 /* ftpp_data.c */
@@ -337,7 +337,8 @@ void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg);
 void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line);
 void ftpp_data_cmd_abor(ftpp_sess *s);
 void ftpp_data_cmd_stat(ftpp_sess *s);
-/* Backend reply lines for EX_PASV / EX_PORT / EX_TRANSFER (last = final line of the reply). */
+/* Backend reply lines for FTPP_EX_PASV / FTPP_EX_PORT / FTPP_EX_TRANSFER (last = final line of the
+ * reply). */
 void ftpp_data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 void ftpp_data_cleanup(ftpp_sess *s);
 bool ftpp_data_busy(const ftpp_sess *s);

@@ -34,7 +34,7 @@ typedef struct breq {
 /* The backend connection failed: an error once logged in, the backend's fault before. */
 static void backend_gone(ftpp_sess *s)
 {
-    ftpp_sess_end_as(s, s->state == ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
+    ftpp_sess_end_as(s, s->state == FTPP_ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
 }
 
 static void backend_write_done(uv_write_t *req, int status)
@@ -44,7 +44,7 @@ static void backend_write_done(uv_write_t *req, int status)
     if (br->secret)
         explicit_bzero(br->data, br->len);
     free(br);
-    if (status < 0 && status != UV_ECANCELED && !s->ended && s->state != ST_CLOSING) {
+    if (status < 0 && status != UV_ECANCELED && !s->ended && s->state != FTPP_ST_CLOSING) {
         dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(status));
         backend_gone(s);
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
@@ -133,7 +133,7 @@ void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex)
 {
     for (int i = 0; i < s->npending; i++)
         if (s->pending[i] == ex)
-            s->pending[i] = EX_SWALLOW;
+            s->pending[i] = FTPP_EX_SWALLOW;
 }
 
 /* ---- replies ---- */
@@ -186,7 +186,7 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
     if (rl->last && rl->code == 421) {
         dp_slog_warn(s->prefix, "backend closing: %s", rl->text);
         backend_gone(s);
-        if (s->state == ST_LOGGED_IN) {
+        if (s->state == FTPP_ST_LOGGED_IN) {
             relay_line(s, rl);
             ftpp_sess_close(s, NULL, "backend sent 421");
         } else {
@@ -195,7 +195,7 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
         }
         return;
     }
-    if (s->state == ST_LOGGED_IN && rl->code != 0)
+    if (s->state == FTPP_ST_LOGGED_IN && rl->code != 0)
         relay_line(s, rl);
     else
         dp_slog_warn(s->prefix, "unexpected backend reply line dropped: code=%d", rl->code);
@@ -218,38 +218,38 @@ static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
     if (final)
         pop_expect(s);
     switch (ex) {
-    case EX_RELAY:
-    case EX_ABOR:
+    case FTPP_EX_RELAY:
+    case FTPP_EX_ABOR:
         relay_line(s, rl);
         if (final)
             ftpp_sess_ready(s);
         break;
-    case EX_FEAT:
+    case FTPP_EX_FEAT:
         if (!feat_hidden(rl))
             relay_line(s, rl);
         if (final)
             ftpp_sess_ready(s);
         break;
-    case EX_QUIT:
+    case FTPP_EX_QUIT:
         relay_line(s, rl);
         if (final)
             ftpp_sess_close(s, NULL, "quit");
         break;
-    case EX_PASV:
-    case EX_PORT:
-    case EX_TRANSFER:
+    case FTPP_EX_PASV:
+    case FTPP_EX_PORT:
+    case FTPP_EX_TRANSFER:
         ftpp_data_reply(s, ex, rl, final);
         break;
-    case EX_GREETING:
-    case EX_HOST:
-    case EX_OPTS:
-    case EX_USER:
-    case EX_PASS:
+    case FTPP_EX_GREETING:
+    case FTPP_EX_HOST:
+    case FTPP_EX_OPTS:
+    case FTPP_EX_USER:
+    case FTPP_EX_PASS:
         collect(s, rl);
         if (final)
             ftpp_login_reply(s, ex, rl->code, s->rtext ? s->rtext : "");
         break;
-    case EX_SWALLOW:
+    case FTPP_EX_SWALLOW:
         break;
     }
 }
@@ -265,11 +265,11 @@ static void backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void backend_lost(ftpp_sess *s, const char *why)
 {
-    if (s->ended || s->state == ST_CLOSING)
+    if (s->ended || s->state == FTPP_ST_CLOSING)
         return;
     dp_slog_warn(s->prefix, "backend control connection: %s", why);
     backend_gone(s);
-    if (s->state == ST_LOGGED_IN)
+    if (s->state == FTPP_ST_LOGGED_IN)
         ftpp_sess_close(s, "421 Service not available, remote server closed the connection.\r\n",
                         "backend closed");
     else
@@ -288,14 +288,14 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         return;
     }
     size_t off = 0;
-    while (off < (size_t)n && !s->ended && s->state != ST_CLOSING) {
+    while (off < (size_t)n && !s->ended && s->state != FTPP_ST_CLOSING) {
         ftpp_reply_line rl;
         bool got = false;
         off += ftpp_reply_feed(&s->rr, buf->base + off, (size_t)n - off, &rl, &got);
         if (got)
             on_line(s, &rl);
     }
-    if (!s->ended && s->state != ST_CLOSING && s->backend_reading &&
+    if (!s->ended && s->state != FTPP_ST_CLOSING && s->backend_reading &&
         ftpp_sess_client_congested(s)) {
         uv_read_stop(st);
         s->backend_reading = false;
@@ -304,7 +304,7 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 void ftpp_backend_resume(ftpp_sess *s)
 {
-    if (!s->backend_connected || s->backend_reading || s->ended || s->state == ST_CLOSING)
+    if (!s->backend_connected || s->backend_reading || s->ended || s->state == FTPP_ST_CLOSING)
         return;
     if (uv_read_start((uv_stream_t *)&s->backend, backend_alloc, backend_read) == 0)
         s->backend_reading = true;
@@ -328,7 +328,7 @@ static void connected(uv_connect_t *req, int status)
         getsockname(fd, (struct sockaddr *)&s->backend_local, &ll);
         dp_sock_tune(fd, ftpp_conf_of(s->w)->common.tcp_keepalive_s);
     }
-    push_expect(s, EX_GREETING);
+    push_expect(s, FTPP_EX_GREETING);
     ftpp_login_connected(s);
     ftpp_backend_resume(s);
 }

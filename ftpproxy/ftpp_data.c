@@ -254,7 +254,7 @@ static void drop_client_setup(ftpp_sess *s)
         close(s->pasv_fd);
         s->pasv_fd = -1;
     }
-    s->dmode = DM_NONE;
+    s->dmode = FTPP_DM_NONE;
 }
 
 static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
@@ -262,7 +262,7 @@ static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
     if (status < 0) {
         dp_slog_warn(s->prefix, "passive accept: %s", strerror(-status));
         sock_close(&s->pasv);
-        if (s->xfer != NULL && s->xfer->state == XS_CLIENT_LEG)
+        if (s->xfer != NULL && s->xfer->state == FTPP_XS_CLIENT_LEG)
             xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
@@ -274,7 +274,7 @@ static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
     }
     dp_sock_tune(fd, 0);
     sock_close(&s->pasv);
-    if (s->xfer != NULL && s->xfer->state == XS_CLIENT_LEG) {
+    if (s->xfer != NULL && s->xfer->state == FTPP_XS_CLIENT_LEG) {
         s->xfer->cfd = fd;
         xfer_step(s);
         return;
@@ -345,7 +345,7 @@ void ftpp_data_cmd_pasv(ftpp_sess *s, bool extended, const char *arg)
         ftpp_sess_ready(s);
         return;
     }
-    s->dmode = DM_PASSIVE;
+    s->dmode = FTPP_DM_PASSIVE;
     char line[128];
     int n = extended ? ftpp_format_229(line, sizeof line, port)
                      : ftpp_format_227(line, sizeof line, (struct sockaddr *)&shown, port);
@@ -374,7 +374,7 @@ void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg)
     } else {
         drop_client_setup(s);
         s->active_addr = a;
-        s->dmode = DM_ACTIVE;
+        s->dmode = FTPP_DM_ACTIVE;
         ftpp_sess_reply(s, "200 %s command successful.", extended ? "EPRT" : "PORT");
     }
     ftpp_sess_ready(s);
@@ -384,7 +384,7 @@ void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg)
 
 static const char *dir_name(ftpp_xdir d)
 {
-    return d == XD_DOWN ? "download" : d == XD_UP ? "upload" : "list";
+    return d == FTPP_XD_DOWN ? "download" : d == FTPP_XD_UP ? "upload" : "list";
 }
 
 static void pump_freed(ftpp_pump *p)
@@ -425,7 +425,9 @@ static void xfer_log(ftpp_sess *s, ftpp_xfer *x, int code)
 
 static dp_xfer_dir xfer_metric_dir(const ftpp_xfer *x)
 {
-    return x->dir == XD_DOWN ? DP_XFER_DOWNLOAD : x->dir == XD_UP ? DP_XFER_UPLOAD : DP_XFER_LIST;
+    return x->dir == FTPP_XD_DOWN ? DP_XFER_DOWNLOAD
+           : x->dir == FTPP_XD_UP ? DP_XFER_UPLOAD
+                                  : DP_XFER_LIST;
 }
 
 /* The transfer is over (its reply went out, or is about to). */
@@ -438,16 +440,16 @@ static void xfer_finish(ftpp_sess *s, int code, bool ready)
     xfer_close_legs(x);
     /* A listener still open belongs to this transfer (a new PASV/PORT would have set
      * dmode): its client never came, so nobody may use it later. */
-    if (s->dmode == DM_NONE)
+    if (s->dmode == FTPP_DM_NONE)
         drop_client_setup(s);
-    if (x->dir == XD_UP)
+    if (x->dir == FTPP_XD_UP)
         s->bytes_in += x->bytes;
     else
         s->bytes_out += x->bytes;
     xfer_log(s, x, code);
-    dp_metrics_ftp_transfer(xfer_metric_dir(x), x->state == XS_ABORTED ? DP_XFER_ABORTED
-                                                : code / 100 == 2      ? DP_XFER_OK
-                                                                       : DP_XFER_FAILED);
+    dp_metrics_ftp_transfer(xfer_metric_dir(x), x->state == FTPP_XS_ABORTED ? DP_XFER_ABORTED
+                                                : code / 100 == 2           ? DP_XFER_OK
+                                                                            : DP_XFER_FAILED);
     s->xfer = NULL;
     free(x->held);
     free(x->line);
@@ -460,8 +462,8 @@ static void xfer_finish(ftpp_sess *s, int code, bool ready)
 /* A local failure before the backend saw the transfer command. */
 static void xfer_fail_local(ftpp_sess *s, const char *reply)
 {
-    ftpp_backend_orphan(s, EX_PASV);
-    ftpp_backend_orphan(s, EX_PORT);
+    ftpp_backend_orphan(s, FTPP_EX_PASV);
+    ftpp_backend_orphan(s, FTPP_EX_PORT);
     ftpp_sess_reply(s, "%s", reply);
     xfer_finish(s, atoi(reply), true);
 }
@@ -492,7 +494,7 @@ static void pump_done(ftpp_pump *p, int status)
     if (status != 0) {
         char what[120];
         snprintf(what, sizeof what, "%s leg: %s",
-                 (p->failed_side == 1) == (x->dir == XD_UP) ? "client" : "backend",
+                 (p->failed_side == 1) == (x->dir == FTPP_XD_UP) ? "client" : "backend",
                  strerror(-status));
         dp_slog_info(s->prefix, "transfer relay ended: %s", what);
     }
@@ -535,7 +537,7 @@ static void start_pump(ftpp_sess *s)
     }
     p->data = s;
     p->activity_ms = &s->activity_ms;
-    int src = x->dir == XD_UP ? x->cfd : x->bfd, dst = x->dir == XD_UP ? x->bfd : x->cfd;
+    int src = x->dir == FTPP_XD_UP ? x->cfd : x->bfd, dst = x->dir == FTPP_XD_UP ? x->bfd : x->cfd;
     x->cfd = x->bfd = -1;
     if (cf->data_sndbuf > 0)
         set_sndbuf(s, dst, cf->data_sndbuf);
@@ -559,8 +561,8 @@ static void data_expired(ftpp_sess *s)
     if (x == NULL)
         return;
     dp_slog_warn(s->prefix, "data connection not established within ftp.data_timeout_ms (%s)",
-                 x->state == XS_CLIENT_LEG ? "client" : "backend");
-    if (x->state == XS_COMMAND) {
+                 x->state == FTPP_XS_CLIENT_LEG ? "client" : "backend");
+    if (x->state == FTPP_XS_COMMAND) {
         /* The backend has the command; it fails its side on its own (425) once our
          * listener is gone, and that reply goes to the client. */
         xfer_close_legs(x);
@@ -640,11 +642,11 @@ static void backend_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 
 static void send_backend_pasv(ftpp_sess *s)
 {
-    s->xfer->state = XS_BACKEND_PASV;
+    s->xfer->state = FTPP_XS_BACKEND_PASV;
     if (s->backend_pasv_only)
-        ftpp_backend_send_line(s, EX_PASV, "PASV");
+        ftpp_backend_send_line(s, FTPP_EX_PASV, "PASV");
     else
-        ftpp_backend_send_line(s, EX_PASV, "EPSV");
+        ftpp_backend_send_line(s, FTPP_EX_PASV, "EPSV");
 }
 
 static void send_backend_port(ftpp_sess *s)
@@ -668,8 +670,8 @@ static void send_backend_port(ftpp_sess *s)
         return;
     }
     line[n - 2] = '\0'; /* the formatters end with CRLF; send_line adds its own */
-    x->state = XS_BACKEND_PORT;
-    ftpp_backend_send_line(s, EX_PORT, line);
+    x->state = FTPP_XS_BACKEND_PORT;
+    ftpp_backend_send_line(s, FTPP_EX_PORT, line);
 }
 
 /* Advance the transfer as far as it can go now. */
@@ -679,7 +681,7 @@ static void xfer_step(ftpp_sess *s)
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     if (x == NULL)
         return;
-    if (x->state == XS_CLIENT_LEG) {
+    if (x->state == FTPP_XS_CLIENT_LEG) {
         if (x->cfd < 0)
             return; /* the accept or connect callback comes back here */
         ftpp_sess_op_timer(s, (uint64_t)cf->data_timeout_ms, data_expired);
@@ -689,10 +691,10 @@ static void xfer_step(ftpp_sess *s)
             send_backend_port(s);
         return;
     }
-    if (x->state == XS_BACKEND_CONN && x->bfd >= 0) {
+    if (x->state == FTPP_XS_BACKEND_CONN && x->bfd >= 0) {
         ftpp_sess_op_timer_stop(s);
-        x->state = XS_COMMAND;
-        ftpp_backend_send_line(s, EX_TRANSFER, x->line);
+        x->state = FTPP_XS_COMMAND;
+        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, x->line);
         start_pump(s);
     }
 }
@@ -700,7 +702,7 @@ static void xfer_step(ftpp_sess *s)
 void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
-    if (s->dmode == DM_NONE) {
+    if (s->dmode == FTPP_DM_NONE) {
         ftpp_sess_reply(s, "425 Use PORT or PASV first.");
         ftpp_sess_ready(s);
         return;
@@ -717,12 +719,12 @@ void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char 
     snprintf(x->cmd, sizeof x->cmd, "%s", verb);
     x->dir = dir;
     x->started_ms = dp_now_ms();
-    x->state = XS_CLIENT_LEG;
+    x->state = FTPP_XS_CLIENT_LEG;
     s->xfer = x;
     /* One data connection per PASV/PORT (RFC 959 §3.2). */
     ftpp_dmode mode = s->dmode;
-    s->dmode = DM_NONE;
-    if (mode == DM_PASSIVE) {
+    s->dmode = FTPP_DM_NONE;
+    if (mode == FTPP_DM_PASSIVE) {
         if (s->pasv_fd >= 0) {
             x->cfd = s->pasv_fd;
             s->pasv_fd = -1;
@@ -744,13 +746,13 @@ void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char 
     xfer_step(s);
 }
 
-/* ---- backend replies for EX_PASV / EX_PORT / EX_TRANSFER ---- */
+/* ---- backend replies for FTPP_EX_PASV / FTPP_EX_PORT / FTPP_EX_TRANSFER ---- */
 
 static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     ftpp_xfer *x = s->xfer;
-    if (x == NULL || x->state != XS_BACKEND_PASV)
+    if (x == NULL || x->state != FTPP_XS_BACKEND_PASV)
         return;
     struct sockaddr_storage to = s->backend_addr;
     unmap(&to);
@@ -785,7 +787,7 @@ static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
         xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
-    x->state = XS_BACKEND_CONN;
+    x->state = FTPP_XS_BACKEND_CONN;
     int fd = connect_to(&to, NULL);
     if (fd < 0 || sock_watch(s, fd, false, backend_connected, &x->bsock) != 0) {
         dp_slog_warn(s->prefix, "backend data connect: %s", strerror(fd < 0 ? -fd : ENOMEM));
@@ -798,11 +800,11 @@ static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
 static void port_reply(ftpp_sess *s, const ftpp_reply_line *rl)
 {
     ftpp_xfer *x = s->xfer;
-    if (x == NULL || x->state != XS_BACKEND_PORT)
+    if (x == NULL || x->state != FTPP_XS_BACKEND_PORT)
         return;
     if (rl->code >= 200 && rl->code < 300) {
-        x->state = XS_COMMAND;
-        ftpp_backend_send_line(s, EX_TRANSFER, x->line);
+        x->state = FTPP_XS_COMMAND;
+        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, x->line);
         return; /* backend_accepted starts the relay */
     }
     sock_close(&x->bsock);
@@ -849,7 +851,7 @@ static void transfer_reply(ftpp_sess *s, const ftpp_reply_line *rl, bool final)
     }
     x->final_code = rl->code;
     x->final_seen = true;
-    if (x->state == XS_ABORTED) {
+    if (x->state == FTPP_XS_ABORTED) {
         /* The client's ABOR: this reply (usually 426) answers the transfer, the ABOR's
          * own reply follows and ends the command. */
         if (x->held_len > 0)
@@ -874,11 +876,11 @@ static void transfer_reply(ftpp_sess *s, const ftpp_reply_line *rl, bool final)
 
 void ftpp_data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
 {
-    if (!final && ex != EX_TRANSFER)
+    if (!final && ex != FTPP_EX_TRANSFER)
         return; /* inner lines of an internal multi-line reply */
-    if (ex == EX_PASV)
+    if (ex == FTPP_EX_PASV)
         pasv_reply(s, rl);
-    else if (ex == EX_PORT)
+    else if (ex == FTPP_EX_PORT)
         port_reply(s, rl);
     else
         transfer_reply(s, rl, final);
@@ -891,23 +893,23 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     ftpp_xfer *x = s->xfer;
     s->busy = true;
     if (x == NULL) {
-        ftpp_backend_send_line(s, EX_ABOR, "ABOR");
+        ftpp_backend_send_line(s, FTPP_EX_ABOR, "ABOR");
         return;
     }
-    if (x->state != XS_COMMAND) {
+    if (x->state != FTPP_XS_COMMAND) {
         /* The backend never saw the transfer command: answer both replies here
          * (RFC 959 §4.1.3: 426 for the transfer, then 226 for the ABOR). */
-        ftpp_backend_orphan(s, EX_PASV);
-        ftpp_backend_orphan(s, EX_PORT);
+        ftpp_backend_orphan(s, FTPP_EX_PASV);
+        ftpp_backend_orphan(s, FTPP_EX_PORT);
         ftpp_sess_reply(s, "426 Connection closed; transfer aborted.");
         ftpp_sess_reply(s, "226 ABOR command successful.");
-        x->state = XS_ABORTED; /* counted as aborted */
+        x->state = FTPP_XS_ABORTED; /* counted as aborted */
         xfer_finish(s, 426, true);
         return;
     }
     xfer_close_legs(x);
     ftpp_sess_op_timer_stop(s);
-    x->state = XS_ABORTED;
+    x->state = FTPP_XS_ABORTED;
     if (x->final_seen) {
         /* "226" was held for bytes the client will now never get. */
         free(x->held);
@@ -918,7 +920,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     }
     /* Plain ABOR: the backend's data connection is gone already, which is what makes a
      * synchronous server (vsftpd's default) end the transfer with 426 and then read this. */
-    ftpp_backend_send_line(s, EX_ABOR, "ABOR");
+    ftpp_backend_send_line(s, FTPP_EX_ABOR, "ABOR");
 }
 
 void ftpp_data_cmd_stat(ftpp_sess *s)
@@ -938,7 +940,7 @@ void ftpp_data_cmd_stat(ftpp_sess *s)
 
 bool ftpp_data_busy(const ftpp_sess *s)
 {
-    return s->xfer != NULL && s->xfer->state != XS_ABORTED;
+    return s->xfer != NULL && s->xfer->state != FTPP_XS_ABORTED;
 }
 
 void ftpp_data_cleanup(ftpp_sess *s)
@@ -950,7 +952,7 @@ void ftpp_data_cleanup(ftpp_sess *s)
         xfer_log(s, x, 0);
         /* the session ends under it: aborted, and what it moved counts */
         dp_metrics_ftp_transfer(xfer_metric_dir(x), DP_XFER_ABORTED);
-        dp_metrics_bytes(x->dir == XD_UP ? x->bytes : 0, x->dir == XD_UP ? 0 : x->bytes);
+        dp_metrics_bytes(x->dir == FTPP_XD_UP ? x->bytes : 0, x->dir == FTPP_XD_UP ? 0 : x->bytes);
         s->xfer = NULL;
         free(x->held);
         free(x->line);

@@ -47,7 +47,7 @@ static void reset_attempt(ftpp_sess *s)
 static void reply_331(ftpp_sess *s)
 {
     ftpp_sess_op_timer_stop(s);
-    s->state = ST_NEED_PASS;
+    s->state = FTPP_ST_NEED_PASS;
     ftpp_sess_login_clock(s, true);
     ftpp_sess_reply(s, "331 %s", ftpp_conf_of(s->w)->password_prompt);
     ftpp_sess_ready(s);
@@ -64,9 +64,9 @@ static void reply_331(ftpp_sess *s)
 static void reply_expired(ftpp_sess *s)
 {
     static const char *const what[] = {
-        [ST_GREETING] = "backend greeting timeout",
-        [ST_USER] = "backend reply timeout (login replay)",
-        [ST_PASS] = "backend reply timeout (PASS)",
+        [FTPP_ST_GREETING] = "backend greeting timeout",
+        [FTPP_ST_USER] = "backend reply timeout (login replay)",
+        [FTPP_ST_PASS] = "backend reply timeout (PASS)",
     };
     const char *why = (size_t)s->state < sizeof what / sizeof what[0] && what[s->state] != NULL
                           ? what[s->state]
@@ -82,7 +82,7 @@ static void await_backend(ftpp_sess *s)
 
 void ftpp_login_connected(ftpp_sess *s)
 {
-    s->state = ST_GREETING;
+    s->state = FTPP_ST_GREETING;
     await_backend(s);
 }
 
@@ -90,16 +90,16 @@ void ftpp_login_connected(ftpp_sess *s)
 
 static void login_next(ftpp_sess *s)
 {
-    s->state = ST_USER;
+    s->state = FTPP_ST_USER;
     await_backend(s);
     if (s->host_arg[0] != '\0' && !s->host_sent) {
         s->host_sent = true;
-        ftpp_backend_send(s, EX_HOST, "HOST %s", s->host_arg);
+        ftpp_backend_send(s, FTPP_EX_HOST, "HOST %s", s->host_arg);
     } else if (s->utf8 && !s->opts_sent) {
         s->opts_sent = true;
-        ftpp_backend_send_line(s, EX_OPTS, "OPTS UTF8 ON");
+        ftpp_backend_send_line(s, FTPP_EX_OPTS, "OPTS UTF8 ON");
     } else {
-        ftpp_backend_send(s, EX_USER, "USER %s",
+        ftpp_backend_send(s, FTPP_EX_USER, "USER %s",
                           s->route.backend_user[0] ? s->route.backend_user : s->user);
     }
 }
@@ -126,7 +126,7 @@ void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
 
 static void start_connect(ftpp_sess *s, const struct sockaddr *addr)
 {
-    s->state = ST_CONNECTING;
+    s->state = FTPP_ST_CONNECTING;
     int rc = ftpp_backend_open(s, addr);
     if (rc != 0)
         ftpp_login_connect_failed(s, uv_strerror(rc));
@@ -138,7 +138,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     ftpp_sess *s = g->s;
     bool stale = g->stale;
     free(g);
-    if (stale || s->ended || s->state == ST_CLOSING) {
+    if (stale || s->ended || s->state == FTPP_ST_CLOSING) {
         uv_freeaddrinfo(res);
         ftpp_sess_unref(s);
         return;
@@ -180,7 +180,7 @@ static void route_ready(ftpp_sess *s)
         char svc[8];
         snprintf(svc, sizeof svc, "%u", port);
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-        s->state = ST_CONNECTING;
+        s->state = FTPP_ST_CONNECTING;
         ftpp_gai *g = calloc(1, sizeof *g);
         if (g == NULL) {
             ftpp_login_connect_failed(s, "out of memory");
@@ -204,7 +204,7 @@ static void looked_up(dp_route_lookup *lk, const dph_route *route, dp_cache_resu
 {
     ftpp_sess *s = lk->data;
     s->lookup_pending = false;
-    if (s->ended || s->state == ST_CLOSING)
+    if (s->ended || s->state == FTPP_ST_CLOSING)
         return;
     char msg[DPH_MESSAGE_MAX + 40];
     switch (route->status) {
@@ -246,7 +246,7 @@ void ftpp_login_user(ftpp_sess *s, const char *user)
         reply_331(s);
         return;
     }
-    s->state = ST_LOOKUP;
+    s->state = FTPP_ST_LOOKUP;
     ftpp_sess_login_clock(s, false);
     s->lookup.data = s;
     int rc = dp_route_cache_lookup(dp_daemon_worker_cache(s->w), &s->lookup, s->user,
@@ -274,7 +274,7 @@ static void login_failed(ftpp_sess *s, const char *why)
                                                    : DP_AUTHR_WRONG_PASSWORD);
     s->login_failures++;
     reset_attempt(s);
-    s->state = ST_PRELOGIN;
+    s->state = FTPP_ST_PRELOGIN;
     ftpp_sess_login_clock(s, true);
     if (s->login_failures >= cf->max_login_attempts) {
         /* 421: the client learns the connection ends, not that this password was wrong
@@ -294,7 +294,7 @@ static void unknown_delay_expired(ftpp_sess *s)
 void ftpp_login_pass(ftpp_sess *s, char *password)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
-    s->state = ST_PASS;
+    s->state = FTPP_ST_PASS;
     ftpp_sess_login_clock(s, false);
     if (s->unknown_user) {
         /* Delay like a backend's PAM does for a wrong password (+-25 %), so timing does not
@@ -314,7 +314,7 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
     char line[FTPP_CMD_MAX + 8];
     int n = snprintf(line, sizeof line, "PASS %s", password);
     await_backend(s);
-    ftpp_backend_send_secret(s, EX_PASS, line);
+    ftpp_backend_send_secret(s, FTPP_EX_PASS, line);
     explicit_bzero(line, (size_t)(n > 0 ? n : 0));
 }
 
@@ -323,7 +323,7 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
 void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
 {
     switch (ex) {
-    case EX_GREETING:
+    case FTPP_EX_GREETING:
         if (code == 220) {
             dp_metrics_backend_connect(uv_hrtime() - s->connect_ns);
             login_next(s);
@@ -333,8 +333,8 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
             fail_421(s, "Service not available: the server refused the connection.", why);
         }
         return;
-    case EX_HOST:
-    case EX_OPTS:
+    case FTPP_EX_HOST:
+    case FTPP_EX_OPTS:
         /* Not every server knows HOST (vsftpd answers 500): only a 421 stops the login. */
         if (code == 421) {
             fail_421(s, "Service not available, remote server closed the connection.",
@@ -343,7 +343,7 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
         }
         login_next(s);
         return;
-    case EX_USER:
+    case FTPP_EX_USER:
         if (code == 331 || code == 332) {
             reply_331(s);
         } else if (code == 230) {
@@ -361,7 +361,7 @@ void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
             reply_331(s);
         }
         return;
-    case EX_PASS:
+    case FTPP_EX_PASS:
         if (code == 230 || code == 202) {
             ftpp_sess_op_timer_stop(s);
             ftpp_sess_reply_raw(s, text, strlen(text));

@@ -96,7 +96,7 @@ static void client_write_done(uv_write_t *req, int status)
     free(wr);
     if (status < 0 && status != UV_ECANCELED && s->reason[0] == '\0')
         snprintf(s->reason, sizeof s->reason, "client write: %s", uv_strerror(status));
-    if (s->state == ST_CLOSING) {
+    if (s->state == FTPP_ST_CLOSING) {
         if (s->client_open && uv_stream_get_write_queue_size((uv_stream_t *)&s->client) == 0)
             sess_end(s);
         return;
@@ -179,9 +179,9 @@ static void main_timer_fired(uv_timer_t *t)
 {
     ftpp_sess *s = t->data;
     const ftpp_conf *cf = ftpp_conf_of(s->w);
-    if (s->state == ST_CLOSING)
+    if (s->state == FTPP_ST_CLOSING)
         return;
-    if (s->state != ST_LOGGED_IN) {
+    if (s->state != FTPP_ST_LOGGED_IN) {
         ftpp_sess_end_as(s, DP_SESS_TIMEOUT);
         ftpp_sess_close(s, "421 Login timeout.\r\n", "login timeout");
         return;
@@ -203,7 +203,7 @@ static void arm_main_timer(ftpp_sess *s, uint64_t ms)
 
 void ftpp_sess_login_clock(ftpp_sess *s, bool running)
 {
-    if (!s->timer_open || s->state == ST_LOGGED_IN || s->state == ST_CLOSING)
+    if (!s->timer_open || s->state == FTPP_ST_LOGGED_IN || s->state == FTPP_ST_CLOSING)
         return;
     if (!running && !s->login_clock_stopped) {
         s->login_left_ms = uv_timer_get_due_in(&s->timer);
@@ -263,7 +263,7 @@ static void sess_end(ftpp_sess *s)
     if (s->ended)
         return;
     s->ended = true;
-    s->state = ST_CLOSING;
+    s->state = FTPP_ST_CLOSING;
     char user[160], backend[100], reason[200];
     dp_log_event(DP_LOG_INFO, NULL, "session_end",
                  "sid=%s user=%s client=%s backend=%s bytes_in=%llu bytes_out=%llu "
@@ -300,7 +300,7 @@ static void close_flush_expired(ftpp_sess *s)
 
 void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason)
 {
-    if (s->ended || s->state == ST_CLOSING)
+    if (s->ended || s->state == FTPP_ST_CLOSING)
         return;
     if (reason != NULL && s->reason[0] == '\0')
         snprintf(s->reason, sizeof s->reason, "%s", reason);
@@ -308,7 +308,7 @@ void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason)
         ftpp_sess_reply_raw(s, line, strlen(line));
     if (s->ended)
         return;
-    s->state = ST_CLOSING;
+    s->state = FTPP_ST_CLOSING;
     ftpp_data_cleanup(s);
     ftpp_login_cleanup(s);
     ftpp_backend_close(s);
@@ -332,9 +332,15 @@ void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason)
 }
 
 static const char *const state_names[] = {
-    [ST_PRELOGIN] = "prelogin", [ST_LOOKUP] = "lookup",    [ST_CONNECTING] = "connecting",
-    [ST_GREETING] = "greeting", [ST_USER] = "user",        [ST_NEED_PASS] = "need_pass",
-    [ST_PASS] = "pass",         [ST_LOGGED_IN] = "active", [ST_CLOSING] = "closing",
+    [FTPP_ST_PRELOGIN] = "prelogin",
+    [FTPP_ST_LOOKUP] = "lookup",
+    [FTPP_ST_CONNECTING] = "connecting",
+    [FTPP_ST_GREETING] = "greeting",
+    [FTPP_ST_USER] = "user",
+    [FTPP_ST_NEED_PASS] = "need_pass",
+    [FTPP_ST_PASS] = "pass",
+    [FTPP_ST_LOGGED_IN] = "active",
+    [FTPP_ST_CLOSING] = "closing",
 };
 
 /* dp_daemon_def.sessions: list (and kick) this worker's sessions. */
@@ -350,7 +356,7 @@ void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
         const ftpp_xfer *x = s->xfer;
         if (x != NULL) {
             uint64_t moving = x->pump != NULL ? x->pump->bytes : 0;
-            if (x->dir == XD_UP)
+            if (x->dir == FTPP_XD_UP)
                 in += moving;
             else
                 out_bytes += moving;
@@ -361,7 +367,8 @@ void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
             .user = s->user,
             .client = s->client_text,
             .backend = s->route_ok ? s->route.backend : NULL,
-            .state = x != NULL && s->state == ST_LOGGED_IN ? "transfer" : state_names[s->state],
+            .state =
+                x != NULL && s->state == FTPP_ST_LOGGED_IN ? "transfer" : state_names[s->state],
             .started_unix_ms = s->started_unix_ms,
             .bytes_in = in,
             .bytes_out = out_bytes,
@@ -369,7 +376,7 @@ void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
         if (!dp_session_match(f, &v))
             continue;
         dp_session_list_add(out, &v);
-        if (kick != NULL && s->state != ST_CLOSING) {
+        if (kick != NULL && s->state != FTPP_ST_CLOSING) {
             char reason[sizeof s->reason];
             snprintf(reason, sizeof reason, "kicked: %s", kick);
             ftpp_sess_kick(s, kick, reason);
@@ -418,7 +425,7 @@ static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
         ftpp_sess_reply(s, "501 Syntax error: USER needs a name.");
     } else if (strcmp(verb, "USER") == 0) {
         ftpp_login_user(s, arg);
-    } else if (strcmp(verb, "PASS") == 0 && s->state != ST_NEED_PASS) {
+    } else if (strcmp(verb, "PASS") == 0 && s->state != FTPP_ST_NEED_PASS) {
         ftpp_sess_reply(s, "503 Login with USER first.");
     } else if (strcmp(verb, "PASS") == 0) {
         ftpp_login_pass(s, arg);
@@ -432,7 +439,7 @@ static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
         ftpp_sess_reply(s, "200 NOOP ok.");
     } else if (strcmp(verb, "HOST") == 0) {
         /* RFC 7151 §3: before USER only; remembered and replayed to the backend. */
-        if (s->state == ST_NEED_PASS)
+        if (s->state == FTPP_ST_NEED_PASS)
             ftpp_sess_reply(s, "503 HOST must come before USER.");
         else if (arg[0] == '\0' || strlen(arg) >= sizeof s->host_arg)
             ftpp_sess_reply(s, "501 Syntax error in HOST.");
@@ -449,7 +456,7 @@ static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
     } else {
         ftpp_sess_reply(s, "530 Please login with USER and PASS.");
     }
-    if (s->state != ST_LOOKUP && s->state != ST_PASS && s->state != ST_CLOSING)
+    if (s->state != FTPP_ST_LOOKUP && s->state != FTPP_ST_PASS && s->state != FTPP_ST_CLOSING)
         ftpp_sess_ready(s);
 }
 
@@ -460,8 +467,9 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
     static const struct {
         const char *verb;
         ftpp_xdir dir;
-    } transfers[] = {{"RETR", XD_DOWN}, {"LIST", XD_LIST}, {"NLST", XD_LIST}, {"MLSD", XD_LIST},
-                     {"STOR", XD_UP},   {"STOU", XD_UP},   {"APPE", XD_UP}};
+    } transfers[] = {{"RETR", FTPP_XD_DOWN}, {"LIST", FTPP_XD_LIST}, {"NLST", FTPP_XD_LIST},
+                     {"MLSD", FTPP_XD_LIST}, {"STOR", FTPP_XD_UP},   {"STOU", FTPP_XD_UP},
+                     {"APPE", FTPP_XD_UP}};
     for (size_t i = 0; i < sizeof transfers / sizeof transfers[0]; i++) {
         if (strcmp(verb, transfers[i].verb) == 0) {
             ftpp_data_cmd_transfer(s, verb, transfers[i].dir, line);
@@ -478,9 +486,9 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
     } else if (strcmp(verb, "ABOR") == 0) {
         ftpp_data_cmd_abor(s);
     } else if (strcmp(verb, "QUIT") == 0) {
-        ftpp_backend_send_line(s, EX_QUIT, line);
+        ftpp_backend_send_line(s, FTPP_EX_QUIT, line);
     } else if (strcmp(verb, "FEAT") == 0) {
-        ftpp_backend_send_line(s, EX_FEAT, line);
+        ftpp_backend_send_line(s, FTPP_EX_FEAT, line);
     } else if (strcmp(verb, "USER") == 0) {
         /* The route was chosen for this user; another login would need another backend. */
         ftpp_sess_reply(s, "530 Can't change to another user.");
@@ -501,7 +509,7 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
         ftpp_sess_reply(s, "503 No security exchange was done.");
         ftpp_sess_ready(s);
     } else {
-        ftpp_backend_send_line(s, EX_RELAY, line);
+        ftpp_backend_send_line(s, FTPP_EX_RELAY, line);
     }
 }
 
@@ -541,7 +549,7 @@ static void dispatch_line(ftpp_sess *s, char *line)
         return;
     }
     s->busy = true;
-    if (s->state == ST_LOGGED_IN)
+    if (s->state == FTPP_ST_LOGGED_IN)
         dispatch_loggedin(s, verb, arg, line);
     else
         dispatch_prelogin(s, verb, arg);
@@ -555,7 +563,8 @@ static void process_input(ftpp_sess *s)
     if (s->in_process)
         return;
     s->in_process = true;
-    for (int guard = 0; guard < 1024 && !s->busy && !s->ended && s->state != ST_CLOSING; guard++) {
+    for (int guard = 0; guard < 1024 && !s->busy && !s->ended && s->state != FTPP_ST_CLOSING;
+         guard++) {
         if (s->held_line != NULL) {
             char *line = s->held_line;
             s->held_line = NULL;
@@ -584,7 +593,7 @@ static void process_input(ftpp_sess *s)
         }
     }
     s->in_process = false;
-    if (s->client_eof && !s->ended && s->state != ST_CLOSING && !s->busy) {
+    if (s->client_eof && !s->ended && s->state != FTPP_ST_CLOSING && !s->busy) {
         if (s->reason[0] == '\0')
             snprintf(s->reason, sizeof s->reason, "client closed");
         ftpp_sess_close(s, NULL, NULL);
@@ -623,7 +632,7 @@ static void client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             /* Run what is complete (a final QUIT), then end. */
             if (!s->busy || ftpp_data_busy(s))
                 process_input(s);
-            if (!s->ended && s->state != ST_CLOSING) {
+            if (!s->ended && s->state != FTPP_ST_CLOSING) {
                 if (s->reason[0] == '\0')
                     snprintf(s->reason, sizeof s->reason, "client closed");
                 ftpp_sess_close(s, NULL, NULL);
@@ -645,7 +654,7 @@ static void client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 void ftpp_sess_resume_client(ftpp_sess *s)
 {
-    if (!s->client_open || s->ended || s->state == ST_CLOSING || s->client_eof)
+    if (!s->client_open || s->ended || s->state == FTPP_ST_CLOSING || s->client_eof)
         return;
     bool want = s->cin_len < sizeof s->cin;
     if (want && !s->client_reading) {
@@ -663,7 +672,7 @@ void ftpp_sess_logged_in(ftpp_sess *s)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->w);
     char user[160], backend[100];
-    s->state = ST_LOGGED_IN;
+    s->state = FTPP_ST_LOGGED_IN;
     s->login_clock_stopped = false;
     s->activity_ms = dp_now_ms();
     arm_main_timer(s, (uint64_t)cf->idle_timeout_s * 1000u);

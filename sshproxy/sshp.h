@@ -65,7 +65,7 @@ int sshp_check_hostkeys_cover(const sshp_conf *cf, char *err, size_t errlen);
 /* What the proxy offers its backends: post-quantum first, then older exchanges. */
 const char *sshp_backend_kex(void);
 
-/* ---- per worker (sshp_worker.c) ---- */
+/* ---- per worker (sshp_main.c starts it, sshp_conn.c keeps its connections) ---- */
 
 typedef struct sshp_conn sshp_conn;
 
@@ -109,16 +109,16 @@ typedef struct sshp_buf {
 /* ---- channel pair (sshp_channel.c) ---- */
 
 typedef enum sshp_req_kind {
-    REQ_PTY,
-    REQ_SHELL,
-    REQ_EXEC,
-    REQ_SUBSYSTEM,
-    REQ_ENV,
-    REQ_WINDOW_CHANGE,
-    REQ_SIGNAL,
-    REQ_AGENT,
-    REQ_BREAK,
-    REQ_UNSUPPORTED,
+    SSHP_REQ_PTY,
+    SSHP_REQ_SHELL,
+    SSHP_REQ_EXEC,
+    SSHP_REQ_SUBSYSTEM,
+    SSHP_REQ_ENV,
+    SSHP_REQ_WINDOW_CHANGE,
+    SSHP_REQ_SIGNAL,
+    SSHP_REQ_AGENT,
+    SSHP_REQ_BREAK,
+    SSHP_REQ_UNSUPPORTED,
 } sshp_req_kind;
 
 /* A client request waiting for its turn on the backend channel (one at a time: libssh 0.10.6
@@ -135,17 +135,17 @@ typedef struct sshp_req {
 } sshp_req;
 
 typedef enum sshp_pair_state {
-    PAIR_OPENING, /* backend channel being opened; client's open message held */
-    PAIR_OPEN,
-    PAIR_CLOSING, /* draining and closing both sides */
-    PAIR_DONE,    /* both closed: free at the end of the pump */
+    SSHP_PAIR_OPENING, /* backend channel being opened; client's open message held */
+    SSHP_PAIR_OPEN,
+    SSHP_PAIR_CLOSING, /* draining and closing both sides */
+    SSHP_PAIR_DONE,    /* both closed: free at the end of the pump */
 } sshp_pair_state;
 
 typedef enum sshp_pair_kind {
-    PK_SESSION,   /* client opened a session channel */
-    PK_DIRECT,    /* client opened direct-tcpip (ssh -L) */
-    PK_FORWARDED, /* backend opened forwarded-tcpip (ssh -R) */
-    PK_AGENT,     /* backend opened auth-agent@openssh.com (ssh -A) */
+    SSHP_PK_SESSION,   /* client opened a session channel */
+    SSHP_PK_DIRECT,    /* client opened direct-tcpip (ssh -L) */
+    SSHP_PK_FORWARDED, /* backend opened forwarded-tcpip (ssh -R) */
+    SSHP_PK_AGENT,     /* backend opened auth-agent@openssh.com (ssh -A) */
 } sshp_pair_kind;
 
 typedef struct sshp_pair {
@@ -164,7 +164,7 @@ typedef struct sshp_pair {
      * the signal for it can arrive together, and messages are dispatched after callbacks) */
     sshp_req *signals, **signals_tail;
     unsigned nreqs;
-    uint64_t closing_since_ms;   /* entered PAIR_CLOSING */
+    uint64_t closing_since_ms;   /* entered SSHP_PAIR_CLOSING */
     uint64_t c_close_started_ms; /* first try to send our CLOSE to the client */
     /* what arrived, forwarded once the data before it is drained */
     bool c_eof, b_eof, c_closed, b_closed;
@@ -181,28 +181,28 @@ typedef struct sshp_pair {
 /* ---- connection (sshp_conn.c, sshp_auth.c, sshp_backend.c) ---- */
 
 typedef enum sshp_conn_state {
-    CONN_KEX,     /* client key exchange */
-    CONN_AUTH,    /* client authentication (lookup, backend dial and login happen here) */
-    CONN_OPEN,    /* both sides authenticated: channels relay */
-    CONN_CLOSING, /* flushing a disconnect message, then free */
-    CONN_DEAD,
+    SSHP_CONN_KEX,     /* client key exchange */
+    SSHP_CONN_AUTH,    /* client authentication (lookup, backend dial and login happen here) */
+    SSHP_CONN_OPEN,    /* both sides authenticated: channels relay */
+    SSHP_CONN_CLOSING, /* flushing a disconnect message, then free */
+    SSHP_CONN_DEAD,
 } sshp_conn_state;
 
 typedef enum sshp_be_state {
-    BE_NONE,
-    BE_RESOLVING,
-    BE_CONNECTING, /* TCP connect in progress */
-    BE_HANDSHAKE,  /* ssh_connect in progress */
-    BE_READY,      /* host key verified; authentication may start */
-    BE_AUTHED,
-    BE_FAILED,
+    SSHP_BE_NONE,
+    SSHP_BE_RESOLVING,
+    SSHP_BE_CONNECTING, /* TCP connect in progress */
+    SSHP_BE_HANDSHAKE,  /* ssh_connect in progress */
+    SSHP_BE_READY,      /* host key verified; authentication may start */
+    SSHP_BE_AUTHED,
+    SSHP_BE_FAILED,
 } sshp_be_state;
 
 typedef enum sshp_auth_kind {
-    AUTH_NONE_YET,
-    AUTH_PASSWORD,
-    AUTH_PUBKEY,
-    AUTH_KBDINT,
+    SSHP_AUTH_NONE_YET,
+    SSHP_AUTH_PASSWORD,
+    SSHP_AUTH_PUBKEY,
+    SSHP_AUTH_KBDINT,
 } sshp_auth_kind;
 
 struct sshp_conn {

@@ -76,7 +76,7 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
     sshp_conn *c = arg;
     c->keys_pending = false;
     c->keys_call = NULL;
-    if (c->state == CONN_DEAD) {
+    if (c->state == SSHP_CONN_DEAD) {
         sshp_conn_maybe_free(c); /* teardown cancelled us and waited for this callback */
         return;
     }
@@ -181,10 +181,10 @@ static void on_fail_timer(uv_timer_t *t)
 /* dynproxy_auth_failures_total{method} of the attempt held now. */
 static void count_auth_failure(const sshp_conn *c, dp_auth_reason r)
 {
-    static const int methods[] = {[AUTH_PASSWORD] = DP_AUTHM_PASSWORD,
-                                  [AUTH_PUBKEY] = DP_AUTHM_PUBLICKEY,
-                                  [AUTH_KBDINT] = DP_AUTHM_KBDINT};
-    if (c->auth_kind != AUTH_NONE_YET)
+    static const int methods[] = {[SSHP_AUTH_PASSWORD] = DP_AUTHM_PASSWORD,
+                                  [SSHP_AUTH_PUBKEY] = DP_AUTHM_PUBLICKEY,
+                                  [SSHP_AUTH_KBDINT] = DP_AUTHM_KBDINT};
+    if (c->auth_kind != SSHP_AUTH_NONE_YET)
         dp_metrics_auth_failure((dp_auth_method)methods[c->auth_kind], r);
 }
 
@@ -219,8 +219,8 @@ static void auth_succeeded(sshp_conn *c)
     ssh_message_auth_reply_success(c->held_auth, 0);
     ssh_message_free(c->held_auth);
     c->held_auth = NULL;
-    c->state = CONN_OPEN;
-    c->be = BE_AUTHED;
+    c->state = SSHP_CONN_OPEN;
+    c->be = SSHP_BE_AUTHED;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->client);
         c->startup_slot = false;
@@ -315,7 +315,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         sshp_conn_fail(c, "too many authentication requests", "Too many authentication failures");
         return;
     }
-    if (c->state != CONN_AUTH || c->held_auth != NULL) {
+    if (c->state != SSHP_CONN_AUTH || c->held_auth != NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
         return;
@@ -335,12 +335,12 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
             ssh_message_free(m);
             return;
         }
-        c->auth_kind = AUTH_PASSWORD;
+        c->auth_kind = SSHP_AUTH_PASSWORD;
         c->held_auth = m;
         break;
     }
     case SSH_AUTH_METHOD_INTERACTIVE:
-        if (!ssh_message_auth_kbdint_is_response(m) && c->auth_kind == AUTH_KBDINT &&
+        if (!ssh_message_auth_kbdint_is_response(m) && c->auth_kind == SSHP_AUTH_KBDINT &&
             c->be_auth_started) {
             /* A new round while the backend's prompts are still unanswered: libssh would send
              * the old prompts' (empty) answers. Not something a real client does. */
@@ -351,7 +351,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         }
         if (ssh_message_auth_kbdint_is_response(m)) {
             bool fake_prompt = c->route_known && c->route.status == DPH_ROUTE_UNKNOWN_USER;
-            if (c->auth_kind != AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
+            if (c->auth_kind != SSHP_AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
                 ssh_message_reply_default(m);
                 ssh_message_free(m);
                 return;
@@ -362,11 +362,11 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
                 ssh_userauth_kbdint_setanswer(c->bs, (unsigned)i,
                                               ssh_userauth_kbdint_getanswer(c->cs, (unsigned)i));
         }
-        c->auth_kind = AUTH_KBDINT;
+        c->auth_kind = SSHP_AUTH_KBDINT;
         c->held_auth = m;
         break;
     case SSH_AUTH_METHOD_PUBLICKEY:
-        c->auth_kind = AUTH_PUBKEY;
+        c->auth_kind = SSHP_AUTH_PUBKEY;
         c->held_auth = m;
         if (!c->keys_known && !c->keys_pending)
             start_keys(c);
@@ -405,7 +405,7 @@ static void key_load_done(uv_work_t *w, int status)
     sshp_conn *c = w->data;
     c->key_loading = false;
     c->key_loaded = true;
-    if (c->state == CONN_DEAD) {
+    if (c->state == SSHP_CONN_DEAD) {
         sshp_conn_maybe_free(c);
         return;
     }
@@ -429,7 +429,7 @@ static void backend_auth(sshp_conn *c)
     const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
     int rc;
     bool key_route = c->route.auth == DPH_AUTH_MAPPED_KEY || c->route.auth == DPH_AUTH_PROXY_KEY;
-    if (c->auth_kind == AUTH_KBDINT && !key_route) {
+    if (c->auth_kind == SSHP_AUTH_KBDINT && !key_route) {
         /* Passthrough: the backend's prompts (PAM, OTP) go to the client and back. */
         c->auth_method = "keyboard-interactive";
         /* Called for the client's first request and again once it has answered (the answers
@@ -453,12 +453,12 @@ static void backend_auth(sshp_conn *c)
             c->be_auth_started = true; /* the round goes on when the client answers */
             return;
         }
-    } else if (c->auth_kind == AUTH_PASSWORD && !key_route) {
+    } else if (c->auth_kind == SSHP_AUTH_PASSWORD && !key_route) {
         c->auth_method = "password";
         rc = ssh_userauth_password(c->bs, buser, c->password);
     } else {
-        c->auth_method = c->auth_kind == AUTH_PUBKEY ? "publickey" : "password";
-        if (c->auth_kind == AUTH_PASSWORD || c->auth_kind == AUTH_KBDINT) {
+        c->auth_method = c->auth_kind == SSHP_AUTH_PUBKEY ? "publickey" : "password";
+        if (c->auth_kind == SSHP_AUTH_PASSWORD || c->auth_kind == SSHP_AUTH_KBDINT) {
             /* The route says the backend takes the proxy's key, but the client proved
              * nothing to us: a password we cannot check must not open a key login. */
             auth_fail(c, "password_not_accepted_for_key_route", DP_AUTHR_METHOD_REFUSED, true);
@@ -495,7 +495,7 @@ static void backend_auth(sshp_conn *c)
     case SSH_AUTH_DENIED:
     case SSH_AUTH_PARTIAL:
         c->be_auth_started = false;
-        if (c->auth_kind == AUTH_PUBKEY) {
+        if (c->auth_kind == SSHP_AUTH_PUBKEY) {
             dp_slog_error(c->prefix, "backend %s refused the proxy key for %s", c->route.backend,
                           buser);
             count_auth_failure(c, DP_AUTHR_BACKEND_REFUSED);
@@ -516,13 +516,14 @@ static void backend_auth(sshp_conn *c)
 
 void sshp_auth_progress(sshp_conn *c)
 {
-    if (c->held_auth == NULL || c->fail_pending || c->state != CONN_AUTH)
+    if (c->held_auth == NULL || c->fail_pending || c->state != SSHP_CONN_AUTH)
         return;
     if (!c->route_known)
         return;
     switch (c->route.status) {
     case DPH_ROUTE_UNKNOWN_USER:
-        if (c->auth_kind == AUTH_KBDINT && !ssh_message_auth_kbdint_is_response(c->held_auth)) {
+        if (c->auth_kind == SSHP_AUTH_KBDINT &&
+            !ssh_message_auth_kbdint_is_response(c->held_auth)) {
             /* A real backend would prompt through PAM first: so do we, or the missing prompt
              * would tell unknown users apart. */
             const char *prompt[] = {"Password: "};
@@ -534,7 +535,7 @@ void sshp_auth_progress(sshp_conn *c)
         }
         /* Paced like what a known user gets for the same method: a wrong password costs
          * PAM's delay on the backend, an unlisted key is refused at once. */
-        auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth_kind != AUTH_PUBKEY);
+        auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth_kind != SSHP_AUTH_PUBKEY);
         return;
     case DPH_ROUTE_MAINTENANCE:
         dp_slog_info(c->prefix, "backend %s in maintenance", c->route.backend);
@@ -549,7 +550,7 @@ void sshp_auth_progress(sshp_conn *c)
     case DPH_ROUTE_OK:
         break;
     }
-    if (c->auth_kind == AUTH_PUBKEY) {
+    if (c->auth_kind == SSHP_AUTH_PUBKEY) {
         if (!c->keys_known)
             return;
         if (c->keys_failed) {
@@ -573,13 +574,13 @@ void sshp_auth_progress(sshp_conn *c)
         }
     }
     switch (c->be) {
-    case BE_NONE:
+    case SSHP_BE_NONE:
         sshp_backend_start(c);
         return;
-    case BE_FAILED:
+    case SSHP_BE_FAILED:
         refuse_session(c, c->reason[0] ? c->reason : "backend unreachable", UNAVAILABLE_MSG);
         return;
-    case BE_READY:
+    case SSHP_BE_READY:
         backend_auth(c);
         return;
     default:

@@ -31,7 +31,7 @@ static void be_failed(sshp_conn *c, const char *fmt, ...)
     vsnprintf(c->reason, sizeof c->reason, fmt, ap);
     va_end(ap);
     dp_slog_error(c->prefix, "backend %s: %s", c->route.backend, c->reason);
-    c->be = BE_FAILED;
+    c->be = SSHP_BE_FAILED;
     if (c->be_timer_open)
         uv_timer_stop(&c->be_timer);
     sshp_conn_pump(c);
@@ -45,9 +45,9 @@ static void on_be_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
     const sshp_conf *cf = sshp_conf_of(c->w);
-    if (c->be == BE_HANDSHAKE)
+    if (c->be == SSHP_BE_HANDSHAKE)
         be_failed(c, "ssh handshake timed out after %d ms", cf->handshake_timeout_ms);
-    else if (c->be < BE_READY)
+    else if (c->be < SSHP_BE_READY)
         be_failed(c, "connect timed out after %d ms", cf->connect_timeout_ms);
 }
 
@@ -115,7 +115,7 @@ static void start_handshake(sshp_conn *c)
         be_failed(c, "ssh_event_add_session failed");
         return;
     }
-    c->be = BE_HANDSHAKE;
+    c->be = SSHP_BE_HANDSHAKE;
     if (c->be_timer_open)
         uv_timer_start(&c->be_timer, on_be_timer,
                        (uint64_t)sshp_conf_of(c->w)->handshake_timeout_ms, 0);
@@ -182,7 +182,7 @@ static int check_host_key(sshp_conn *c)
 
 void sshp_backend_step(sshp_conn *c)
 {
-    if (c->be != BE_HANDSHAKE)
+    if (c->be != SSHP_BE_HANDSHAKE)
         return;
     int rc = ssh_connect(c->bs);
     set_nonblock(c->bfd);
@@ -195,10 +195,10 @@ void sshp_backend_step(sshp_conn *c)
     if (c->be_timer_open)
         uv_timer_stop(&c->be_timer);
     if (check_host_key(c) != 0) {
-        c->be = BE_FAILED;
+        c->be = SSHP_BE_FAILED;
         return;
     }
-    c->be = BE_READY;
+    c->be = SSHP_BE_READY;
     dp_metrics_backend_connect(uv_hrtime() - c->be_dial_ns);
     dp_slog_debug(c->prefix, "backend %s ready", c->route.backend);
 }
@@ -209,7 +209,7 @@ static void on_connect_ready(uv_poll_t *p, int status, int events)
 {
     sshp_conn *c = p->data;
     (void)events;
-    if (c->be != BE_CONNECTING)
+    if (c->be != SSHP_BE_CONNECTING)
         return;
     int err = 0;
     socklen_t len = sizeof err;
@@ -231,7 +231,7 @@ static void on_connect_ready(uv_poll_t *p, int status, int events)
 
 static void dial(sshp_conn *c)
 {
-    c->be_dial_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: from here to BE_READY */
+    c->be_dial_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: from here to SSHP_BE_READY */
     int fd = socket(c->baddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         be_failed(c, "socket: %s", strerror(errno));
@@ -252,7 +252,7 @@ static void dial(sshp_conn *c)
         be_failed(c, "poll setup failed");
         return;
     }
-    c->be = BE_CONNECTING;
+    c->be = SSHP_BE_CONNECTING;
     uv_poll_start(&c->bpoll, UV_WRITABLE, on_connect_ready);
 }
 
@@ -260,12 +260,12 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     sshp_conn *c = req->data;
     c->gai_pending = false;
-    if (c->state == CONN_DEAD) {
+    if (c->state == SSHP_CONN_DEAD) {
         uv_freeaddrinfo(res);
         sshp_conn_maybe_free(c);
         return;
     }
-    if (c->be != BE_RESOLVING) { /* the connect deadline passed meanwhile */
+    if (c->be != SSHP_BE_RESOLVING) { /* the connect deadline passed meanwhile */
         uv_freeaddrinfo(res);
         return;
     }
@@ -308,7 +308,7 @@ void sshp_backend_start(sshp_conn *c)
         snprintf(service, sizeof service, "%u", port);
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
         c->gai.data = c;
-        c->be = BE_RESOLVING;
+        c->be = SSHP_BE_RESOLVING;
         if (uv_getaddrinfo(loop, &c->gai, on_resolved, c->route.address, service, &hints) != 0) {
             be_failed(c, "cannot resolve %s", c->route.address);
             return;
@@ -320,7 +320,7 @@ void sshp_backend_start(sshp_conn *c)
 static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
 {
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->bch == ch && p->state != PAIR_DONE)
+        if (p->bch == ch && p->state != SSHP_PAIR_DONE)
             return true;
     return false;
 }
@@ -337,7 +337,7 @@ void sshp_backend_message(sshp_conn *c, ssh_message m)
     /* Forwarded-tcpip and agent channel opens go to the channel bridge; anything else (e.g.
      * "eow@openssh.com" channel requests) is answered so nothing piles up in libssh's
      * unbounded queue. */
-    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL_OPEN && c->state == CONN_OPEN) {
+    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL_OPEN && c->state == SSHP_CONN_OPEN) {
         sshp_channel_backend_open(c, m);
         return;
     }
@@ -367,5 +367,5 @@ void sshp_backend_cleanup(sshp_conn *c)
         c->bev = NULL;
     }
     sshp_conn_close_handle(c, (uv_handle_t *)&c->bpoll, &c->bpoll_open); /* closes its dup */
-    c->be = c->be == BE_AUTHED ? BE_AUTHED : BE_FAILED;
+    c->be = c->be == SSHP_BE_AUTHED ? SSHP_BE_AUTHED : SSHP_BE_FAILED;
 }

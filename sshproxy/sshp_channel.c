@@ -31,7 +31,7 @@
 /* libssh 0.10 re-grants window when local_window + buffered < this (channels.c WINDOWLIMIT). */
 #define LIBSSH_WINDOW_LIMIT 640000
 
-enum { ST_C2B = 0, ST_B2C_OUT = 1, ST_B2C_ERR = 2 };
+enum { SSHP_ST_C2B = 0, SSHP_ST_B2C_OUT = 1, SSHP_ST_B2C_ERR = 2 };
 
 /* ---- staging buffers ---- */
 
@@ -108,7 +108,7 @@ static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
         p->conn->pump_again = true;
         return (int)len;
     }
-    if (p->state >= PAIR_CLOSING)
+    if (p->state >= SSHP_PAIR_CLOSING)
         return (int)len; /* nobody will read it: drop, keep no memory */
     size_t n = buf_put(&p->st[stream], data, len);
     if (n < len)
@@ -120,13 +120,13 @@ static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
 static int c_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch, (void)is_stderr;
-    return take(ud, ST_C2B, data, len);
+    return take(ud, SSHP_ST_C2B, data, len);
 }
 
 static int b_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch;
-    return take(ud, is_stderr ? ST_B2C_ERR : ST_B2C_OUT, data, len);
+    return take(ud, is_stderr ? SSHP_ST_B2C_ERR : SSHP_ST_B2C_OUT, data, len);
 }
 
 static void c_eof(ssh_session s, ssh_channel ch, void *ud)
@@ -211,7 +211,7 @@ static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
     sshp_req *r = req_new(p);
     if (r == NULL)
         return;
-    r->kind = REQ_SIGNAL;
+    r->kind = SSHP_REQ_SIGNAL;
     r->a = strdup(sig != NULL ? sig : "TERM");
     append(p, &p->signals_tail, r);
     p->conn->pump_again = true;
@@ -237,7 +237,7 @@ static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
     /* libssh has already said yes to the client; the backend is asked in turn, and the
      * agent channels it opens are bridged from now on. */
     p->conn->agent_forwarding = true;
-    r->kind = REQ_AGENT;
+    r->kind = SSHP_REQ_AGENT;
     enqueue(p, r);
     p->conn->pump_again = true;
 }
@@ -255,7 +255,7 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
         return NULL;
     p->conn = c;
     p->kind = kind;
-    p->reverse = kind == PK_FORWARDED || kind == PK_AGENT;
+    p->reverse = kind == SSHP_PK_FORWARDED || kind == SSHP_PK_AGENT;
     p->open_msg = m;
     p->reqs_tail = &p->reqs;
     p->signals_tail = &p->signals;
@@ -286,7 +286,8 @@ void sshp_channel_open_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
     if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) || c->npairs >= MAX_PAIRS ||
-        pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP ? PK_DIRECT : PK_SESSION) == NULL) {
+        pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP ? SSHP_PK_DIRECT : SSHP_PK_SESSION) ==
+            NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
     }
@@ -300,17 +301,17 @@ void sshp_channel_backend_open(sshp_conn *c, ssh_message m)
     sshp_pair_kind kind;
     bool allowed;
     if (sub == SSH_CHANNEL_FORWARDED_TCPIP) {
-        kind = PK_FORWARDED;
+        kind = SSHP_PK_FORWARDED;
         /* The backend may open the first forwarded channel in the same poll that brings its
          * reply to tcpip-forward: a forward counts from the moment it was sent. */
         allowed = c->nforwards > 0 ||
                   (c->globals != NULL && c->globals->sent &&
                    ssh_message_subtype(c->globals->msg) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD);
     } else if (sub == SSH_CHANNEL_AUTH_AGENT) {
-        kind = PK_AGENT;
+        kind = SSHP_PK_AGENT;
         allowed = c->agent_forwarding;
     } else {
-        kind = PK_SESSION;
+        kind = SSHP_PK_SESSION;
         allowed = false;
     }
     if (!allowed || c->npairs >= MAX_PAIRS || pair_new(c, m, kind) == NULL) {
@@ -350,21 +351,21 @@ static void progress_open(sshp_pair *p)
     int oport = ssh_message_channel_request_open_originator_port(m);
     int rc;
     switch (p->kind) {
-    case PK_SESSION:
+    case SSHP_PK_SESSION:
         rc = ssh_channel_open_session(p->bch);
         break;
-    case PK_DIRECT:
+    case SSHP_PK_DIRECT:
         rc = ssh_channel_open_forward(p->bch, ssh_message_channel_request_open_destination(m),
                                       ssh_message_channel_request_open_destination_port(m),
                                       orig != NULL ? orig : "127.0.0.1", oport);
         break;
-    case PK_FORWARDED:
+    case SSHP_PK_FORWARDED:
         rc = ssh_channel_open_reverse_forward(p->cch,
                                               ssh_message_channel_request_open_destination(m),
                                               ssh_message_channel_request_open_destination_port(m),
                                               orig != NULL ? orig : "127.0.0.1", oport);
         break;
-    default: /* PK_AGENT */
+    default: /* SSHP_PK_AGENT */
         rc = ssh_channel_open_auth_agent(p->cch);
         break;
     }
@@ -374,7 +375,7 @@ static void progress_open(sshp_pair *p)
         ssh_message_reply_default(m);
         ssh_message_free(m);
         p->open_msg = NULL;
-        p->state = PAIR_DONE;
+        p->state = SSHP_PAIR_DONE;
         return;
     }
     ssh_channel accepted = ssh_message_channel_request_open_reply_accept(m);
@@ -389,14 +390,14 @@ static void progress_open(sshp_pair *p)
             p->b_closed = p->b_close_done = true;
         else
             p->c_closed = p->c_close_done = true;
-        p->state = PAIR_CLOSING;
+        p->state = SSHP_PAIR_CLOSING;
         return;
     }
     if (p->reverse)
         set_backend_callbacks(p);
     else
         set_client_callbacks(p);
-    p->state = PAIR_OPEN;
+    p->state = SSHP_PAIR_OPEN;
 }
 
 /* ---- requests ---- */
@@ -409,7 +410,7 @@ static char *dupstr(const char *s)
 static sshp_pair *pair_of_channel(sshp_conn *c, ssh_channel ch)
 {
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->cch == ch && p->state != PAIR_DONE)
+        if (p->cch == ch && p->state != SSHP_PAIR_DONE)
             return p;
     return NULL;
 }
@@ -429,7 +430,7 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
         sshp_req *last = p->reqs;
         while (last->next != NULL)
             last = last->next;
-        if (last->kind == REQ_WINDOW_CHANGE) {
+        if (last->kind == SSHP_REQ_WINDOW_CHANGE) {
             last->cols = ssh_message_channel_request_pty_width(m);
             last->rows = ssh_message_channel_request_pty_height(m);
             ssh_message_free(m);
@@ -444,7 +445,7 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
     r->msg = m;
     switch (ssh_message_subtype(m)) {
     case SSH_CHANNEL_REQUEST_PTY:
-        r->kind = REQ_PTY;
+        r->kind = SSHP_REQ_PTY;
         r->a = dupstr(ssh_message_channel_request_pty_term(m));
         r->cols = ssh_message_channel_request_pty_width(m);
         r->rows = ssh_message_channel_request_pty_height(m);
@@ -453,34 +454,34 @@ void sshp_channel_request_message(sshp_conn *c, ssh_message m)
 #endif
         break;
     case SSH_CHANNEL_REQUEST_SHELL:
-        r->kind = REQ_SHELL;
+        r->kind = SSHP_REQ_SHELL;
         break;
     case SSH_CHANNEL_REQUEST_EXEC:
-        r->kind = REQ_EXEC;
+        r->kind = SSHP_REQ_EXEC;
         r->a = dupstr(ssh_message_channel_request_command(m));
         break;
     case SSH_CHANNEL_REQUEST_SUBSYSTEM:
-        r->kind = REQ_SUBSYSTEM;
+        r->kind = SSHP_REQ_SUBSYSTEM;
         r->a = dupstr(ssh_message_channel_request_subsystem(m));
         break;
     case SSH_CHANNEL_REQUEST_ENV:
-        r->kind = REQ_ENV;
+        r->kind = SSHP_REQ_ENV;
         r->a = dupstr(ssh_message_channel_request_env_name(m));
         r->b = dupstr(ssh_message_channel_request_env_value(m));
         break;
     case SSH_CHANNEL_REQUEST_WINDOW_CHANGE:
-        r->kind = REQ_WINDOW_CHANGE;
+        r->kind = SSHP_REQ_WINDOW_CHANGE;
         r->cols = ssh_message_channel_request_pty_width(m);
         r->rows = ssh_message_channel_request_pty_height(m);
         break;
 #ifdef SSHP_HAVE_BREAK
     case SSH_CHANNEL_REQUEST_BREAK:
-        r->kind = REQ_BREAK;
+        r->kind = SSHP_REQ_BREAK;
         r->break_ms = ssh_message_channel_request_break_length(m);
         break;
 #endif
     default:
-        r->kind = REQ_UNSUPPORTED;
+        r->kind = SSHP_REQ_UNSUPPORTED;
         break;
     }
     enqueue(p, r);
@@ -521,31 +522,31 @@ static void progress_requests(sshp_pair *p)
         sshp_req *r = p->reqs;
         int rc;
         switch (r->kind) {
-        case REQ_PTY:
+        case SSHP_REQ_PTY:
             rc = request_pty(p, r);
             break;
-        case REQ_SHELL:
+        case SSHP_REQ_SHELL:
             rc = ssh_channel_request_shell(p->bch);
             break;
-        case REQ_EXEC:
+        case SSHP_REQ_EXEC:
             rc = ssh_channel_request_exec(p->bch, r->a);
             break;
-        case REQ_SUBSYSTEM:
+        case SSHP_REQ_SUBSYSTEM:
             rc = ssh_channel_request_subsystem(p->bch, r->a);
             break;
-        case REQ_ENV:
+        case SSHP_REQ_ENV:
             rc = ssh_channel_request_env(p->bch, r->a, r->b);
             break;
-        case REQ_WINDOW_CHANGE:
+        case SSHP_REQ_WINDOW_CHANGE:
             rc = ssh_channel_change_pty_size(p->bch, r->cols, r->rows);
             break;
-        case REQ_SIGNAL:
+        case SSHP_REQ_SIGNAL:
             rc = ssh_channel_request_send_signal(p->bch, r->a);
             break;
-        case REQ_AGENT:
+        case SSHP_REQ_AGENT:
             rc = ssh_channel_request_auth_agent(p->bch);
             break;
-        case REQ_BREAK:
+        case SSHP_REQ_BREAK:
             /* libssh sends break without want_reply (as OpenSSH's ~B does), so the client's
              * reply, if it wants one, says the break was passed on, not that a tty took it. */
             rc = ssh_channel_request_send_break(p->bch, r->break_ms);
@@ -582,8 +583,9 @@ static void flush(sshp_pair *p, int stream, ssh_channel dst, ssh_session dsess, 
         size_t n = b->len < WRITE_CHUNK ? b->len : WRITE_CHUNK;
         if (n > win)
             n = win;
-        int w = stream == ST_B2C_ERR ? ssh_channel_write_stderr(dst, b->data + b->off, (uint32_t)n)
-                                     : ssh_channel_write(dst, b->data + b->off, (uint32_t)n);
+        int w = stream == SSHP_ST_B2C_ERR
+                    ? ssh_channel_write_stderr(dst, b->data + b->off, (uint32_t)n)
+                    : ssh_channel_write(dst, b->data + b->off, (uint32_t)n);
         if (w == SSH_ERROR) {
             /* The destination channel is closing: what is left cannot be delivered. */
             buf_consume(b, b->len);
@@ -606,9 +608,9 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
 {
     if (!p->leftover[stream] || p->st[stream].len > 0)
         return;
-    int is_stderr = stream == ST_B2C_ERR;
+    int is_stderr = stream == SSHP_ST_B2C_ERR;
     int avail = ssh_channel_poll(src, is_stderr);
-    if (avail <= 0 && stream == ST_C2B) {
+    if (avail <= 0 && stream == SSHP_ST_C2B) {
         /* The client's extended data shares this staging (c_data): its leftovers wait in
          * libssh's other stream. */
         is_stderr = 1;
@@ -631,19 +633,19 @@ static void pull(sshp_pair *p, int stream, ssh_channel src)
         p->st[stream].len += (size_t)n;
         p->conn->pump_again = true; /* to flush it: no I/O event may come for these bytes */
     }
-    if ((size_t)avail <= k && stream != ST_C2B) /* C2B: cleared once both streams are empty */
+    if ((size_t)avail <= k && stream != SSHP_ST_C2B) /* C2B: cleared once both streams are empty */
         p->leftover[stream] = false;
 }
 
 static bool b2c_drained(const sshp_pair *p)
 {
-    return p->st[ST_B2C_OUT].len == 0 && p->st[ST_B2C_ERR].len == 0 && !p->leftover[ST_B2C_OUT] &&
-           !p->leftover[ST_B2C_ERR];
+    return p->st[SSHP_ST_B2C_OUT].len == 0 && p->st[SSHP_ST_B2C_ERR].len == 0 &&
+           !p->leftover[SSHP_ST_B2C_OUT] && !p->leftover[SSHP_ST_B2C_ERR];
 }
 
 static bool c2b_drained(const sshp_pair *p)
 {
-    return p->st[ST_C2B].len == 0 && !p->leftover[ST_C2B];
+    return p->st[SSHP_ST_C2B].len == 0 && !p->leftover[SSHP_ST_C2B];
 }
 
 static bool close_channel(ssh_channel ch)
@@ -675,17 +677,17 @@ static void progress_open_pair(sshp_pair *p)
 {
     sshp_conn *c = p->conn;
     progress_requests(p);
-    pull(p, ST_C2B, p->cch);
-    pull(p, ST_B2C_OUT, p->bch);
-    pull(p, ST_B2C_ERR, p->bch);
-    flush(p, ST_C2B, p->bch, c->bs, true);
-    flush(p, ST_B2C_OUT, p->cch, c->cs, false);
-    flush(p, ST_B2C_ERR, p->cch, c->cs, false);
+    pull(p, SSHP_ST_C2B, p->cch);
+    pull(p, SSHP_ST_B2C_OUT, p->bch);
+    pull(p, SSHP_ST_B2C_ERR, p->bch);
+    flush(p, SSHP_ST_C2B, p->bch, c->bs, true);
+    flush(p, SSHP_ST_B2C_OUT, p->cch, c->cs, false);
+    flush(p, SSHP_ST_B2C_ERR, p->cch, c->cs, false);
     /* A flush that emptied staging can take the bytes libssh still holds now: the stalled
      * sender will not send the packet that would otherwise bring them up again. */
-    pull(p, ST_C2B, p->cch);
-    pull(p, ST_B2C_OUT, p->bch);
-    pull(p, ST_B2C_ERR, p->bch);
+    pull(p, SSHP_ST_C2B, p->cch);
+    pull(p, SSHP_ST_B2C_OUT, p->bch);
+    pull(p, SSHP_ST_B2C_ERR, p->bch);
 
     /* Forward what ended, in order, once the data before it is through. */
     if (p->c_eof && !p->c_eof_sent && c2b_drained(p)) {
@@ -700,7 +702,7 @@ static void progress_open_pair(sshp_pair *p)
         (p->exit_status_set || p->exit_signal_set || p->b_closed))
         send_exit(p);
     if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
-        p->state = PAIR_CLOSING;
+        p->state = SSHP_PAIR_CLOSING;
 }
 
 static void pair_free(sshp_conn *c, sshp_pair *p)
@@ -813,11 +815,12 @@ static uint64_t progress_closing(sshp_pair *p)
      * after the client's: an OpenSSH mux master closes as soon as EOF went both ways. sshd
      * holds its own CLOSE until the command has exited and its status is sent; so does the
      * proxy, up to the deadline (the client then sees no status, as if the backend died). */
-    bool hold = p->kind == PK_SESSION && p->bch != NULL && !p->b_closed && !p->exit_sent && !late;
+    bool hold =
+        p->kind == SSHP_PK_SESSION && p->bch != NULL && !p->b_closed && !p->exit_sent && !late;
     if (!hold && !p->c_close_done && p->cch != NULL) {
         if (p->c_close_started_ms == 0)
             p->c_close_started_ms = now;
-        if (p->kind == PK_SESSION)
+        if (p->kind == SSHP_PK_SESSION)
             send_exit(p);
         p->c_close_done = close_channel(p->cch);
     }
@@ -829,7 +832,7 @@ static uint64_t progress_closing(sshp_pair *p)
     bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
     bool b_done = p->bch == NULL || late || (p->b_close_done && p->b_closed);
     if (c_done && b_done) {
-        p->state = PAIR_DONE;
+        p->state = SSHP_PAIR_DONE;
         return 0;
     }
     /* What is left waits for I/O, for the deadline above, or for the client's answer. */
@@ -854,11 +857,11 @@ void sshp_channels_progress(sshp_conn *c)
     progress_globals(c);
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
         take_signals(p);
-        if (p->state == PAIR_OPENING)
+        if (p->state == SSHP_PAIR_OPENING)
             progress_open(p);
-        if (p->state == PAIR_OPEN)
+        if (p->state == SSHP_PAIR_OPEN)
             progress_open_pair(p);
-        if (p->state == PAIR_CLOSING) {
+        if (p->state == SSHP_PAIR_CLOSING) {
             uint64_t wait = progress_closing(p);
             if (wait != 0 && (next_deadline == 0 || wait < next_deadline))
                 next_deadline = wait;
@@ -868,7 +871,7 @@ void sshp_channels_progress(sshp_conn *c)
     /* Free finished pairs here, never inside a libssh callback. */
     for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
         sshp_pair *p = *pp;
-        if (p->state == PAIR_DONE) {
+        if (p->state == SSHP_PAIR_DONE) {
             *pp = p->next;
             c->npairs--;
             pair_free(c, p);
@@ -885,7 +888,7 @@ void sshp_channels_notify(sshp_conn *c, const char *text)
     if (n <= 0)
         return;
     for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->kind == PK_SESSION && p->state == PAIR_OPEN && p->cch != NULL &&
+        if (p->kind == SSHP_PK_SESSION && p->state == SSHP_PAIR_OPEN && p->cch != NULL &&
             ssh_channel_is_open(p->cch))
             ssh_channel_write_stderr(p->cch, line, (uint32_t)(n < (int)sizeof line ? n : 0));
 }

@@ -67,7 +67,7 @@ static void release_idle_buffers(sshp_worker *sw, uint64_t now)
 #ifdef SSHP_HAVE_RELEASE_BUFFERS
     size_t released = 0;
     for (sshp_conn *c = sw->conns; c != NULL; c = c->next) {
-        if (c->state != CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
+        if (c->state != SSHP_CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
             now - c->last_activity_ms < IDLE_RELEASE_MS)
             continue;
         c->buffers_released_at = c->last_activity_ms;
@@ -126,7 +126,7 @@ static void conn_free(sshp_conn *c)
  * handle, no getaddrinfo, no hook call in flight. */
 void sshp_conn_maybe_free(sshp_conn *c)
 {
-    if (c->state == CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending &&
+    if (c->state == SSHP_CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending &&
         !c->key_loading) {
         ssh_key_free(c->route_key); /* loaded after teardown, or never freed by it */
         conn_free(c);
@@ -218,7 +218,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
  * of flushing (a bounded number of times). */
 static bool client_readable(const sshp_conn *c)
 {
-    return c->state != CONN_CLOSING && !c->client_backlog && c->held_bytes < SSHP_HELD_MAX;
+    return c->state != SSHP_CONN_CLOSING && !c->client_backlog && c->held_bytes < SSHP_HELD_MAX;
 }
 
 static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
@@ -229,7 +229,7 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         uv_poll_stop(p);
         return;
     }
-    if (s == c->cs && c->state != CONN_CLOSING && !client_readable(c)) {
+    if (s == c->cs && c->state != SSHP_CONN_CLOSING && !client_readable(c)) {
         /* Not even writable: libssh keeps POLLOUT in its flags after input came in the same
          * poll, so a writable socket would fire on every loop turn with nothing to do. The
          * backlog is driven by next_turn; a drop of held_bytes comes with a backend event. */
@@ -237,7 +237,7 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         return;
     }
     /* a closing client is only written to (its reads come with the flushes, see pump_once) */
-    int ev = s == c->cs && c->state == CONN_CLOSING ? UV_WRITABLE : UV_READABLE;
+    int ev = s == c->cs && c->state == SSHP_CONN_CLOSING ? UV_WRITABLE : UV_READABLE;
     if (ssh_get_poll_flags(s) & SSH_WRITE_PENDING)
         ev |= UV_WRITABLE;
     uv_poll_start(p, ev, on_poll);
@@ -298,7 +298,7 @@ static void dispatch_client(sshp_conn *c, ssh_message m)
     int type = ssh_message_type(m);
     if (type == SSH_REQUEST_AUTH || type == SSH_REQUEST_SERVICE) {
         sshp_auth_message(c, m);
-    } else if (c->state != CONN_OPEN) {
+    } else if (c->state != SSHP_CONN_OPEN) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
     } else if (type == SSH_REQUEST_CHANNEL_OPEN) {
@@ -318,7 +318,7 @@ static void pump_once(sshp_conn *c)
     if (c->cs != NULL && !session_dead(c->cs)) {
         if (client_readable(c)) {
             dopoll(c, c->cev, c->cs);
-        } else if (c->state == CONN_CLOSING && c->client_writable &&
+        } else if (c->state == SSHP_CONN_CLOSING && c->client_writable &&
                    c->closing_reads < SSHP_CLOSING_READS) {
             /* the socket takes more of our output: flush it (this reads at most
              * SSHP_LIBSSH_READ_MAX too, which nothing will look at). Once a writable poll
@@ -334,10 +334,10 @@ static void pump_once(sshp_conn *c)
     if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
         dopoll(c, c->bev, c->bs);
 
-    if (c->state == CONN_KEX) {
+    if (c->state == SSHP_CONN_KEX) {
         int rc = ssh_handle_key_exchange(c->cs);
         if (rc == SSH_OK) {
-            c->state = CONN_AUTH;
+            c->state = SSHP_CONN_AUTH;
         } else if (rc == SSH_ERROR) {
             snprintf(c->reason, sizeof c->reason, "key exchange failed: %s", ssh_get_error(c->cs));
             /* Logged although no user is known yet (OpenSSH logs "Unable to negotiate" too):
@@ -349,20 +349,20 @@ static void pump_once(sshp_conn *c)
             return;
         }
     }
-    if (c->be == BE_HANDSHAKE)
+    if (c->be == SSHP_BE_HANDSHAKE)
         sshp_backend_step(c);
-    if (c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_DEAD)
         return;
 
-    if (c->state == CONN_AUTH || c->state == CONN_OPEN) {
+    if (c->state == SSHP_CONN_AUTH || c->state == SSHP_CONN_OPEN) {
         ssh_message m;
         int n = 0;
         uint64_t read_before = c->client_counter.in_bytes;
         /* ssh_message_get reads when libssh's queue is empty: not over the bound, and not more
          * than MESSAGE_READ_BYTES per turn */
         c->client_backlog = false;
-        while (c->state != CONN_DEAD && c->state != CONN_CLOSING && !session_dead(c->cs) &&
-               c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
+        while (c->state != SSHP_CONN_DEAD && c->state != SSHP_CONN_CLOSING &&
+               !session_dead(c->cs) && c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
                (m = ssh_message_get(c->cs)) != NULL) {
             dispatch_client(c, m);
             if (++n == MESSAGE_BUDGET ||
@@ -373,7 +373,8 @@ static void pump_once(sshp_conn *c)
             }
         }
     }
-    if (c->bs != NULL && c->be >= BE_READY && c->be != BE_FAILED && c->state != CONN_DEAD) {
+    if (c->bs != NULL && c->be >= SSHP_BE_READY && c->be != SSHP_BE_FAILED &&
+        c->state != SSHP_CONN_DEAD) {
         ssh_message m;
         int n = 0;
         while (!session_dead(c->bs) && n < MESSAGE_BUDGET && (m = ssh_message_get(c->bs)) != NULL) {
@@ -382,23 +383,23 @@ static void pump_once(sshp_conn *c)
                 c->pump_again = true;
         }
     }
-    if (c->state == CONN_AUTH)
+    if (c->state == SSHP_CONN_AUTH)
         sshp_auth_progress(c);
     bool over = c->held_bytes >= SSHP_HELD_MAX;
-    if (c->state == CONN_OPEN)
+    if (c->state == SSHP_CONN_OPEN)
         sshp_channels_progress(c);
     if (over && c->held_bytes < SSHP_HELD_MAX)
         c->pump_again = true; /* libssh may hold messages we stopped taking at the bound */
-    if (c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_DEAD)
         return;
-    if (c->abuse != NULL && c->state != CONN_CLOSING) {
+    if (c->abuse != NULL && c->state != SSHP_CONN_CLOSING) {
         dp_slog_warn(c->prefix, "ending the connection: %s", c->abuse);
         sshp_conn_end_as(c, DP_SESS_ERROR);
         sshp_conn_fail(c, c->abuse, "protocol violation");
         return;
     }
 
-    if (c->state == CONN_CLOSING) {
+    if (c->state == SSHP_CONN_CLOSING) {
         /* ssh_disconnect writes the DISCONNECT at once only if libssh's output buffer is empty
          * and the socket was last seen writable; otherwise the packet stays in a buffer that
          * ssh_disconnect then frees (libssh 0.10 socket.c, write_wontblock). The poll flags
@@ -426,11 +427,11 @@ static void pump_once(sshp_conn *c)
     if (session_dead(c->cs)) {
         if (c->reason[0] == '\0')
             snprintf(c->reason, sizeof c->reason, "%s",
-                     c->state == CONN_OPEN ? "client closed" : "client left before login");
+                     c->state == SSHP_CONN_OPEN ? "client closed" : "client left before login");
         conn_end(c);
         return;
     }
-    if (c->state == CONN_OPEN && session_dead(c->bs)) {
+    if (c->state == SSHP_CONN_OPEN && session_dead(c->bs)) {
         sshp_conn_end_as(c, DP_SESS_ERROR);
         sshp_conn_fail(c, "backend closed the connection", "backend closed the connection");
         return;
@@ -439,7 +440,7 @@ static void pump_once(sshp_conn *c)
 
 void sshp_conn_pump(sshp_conn *c)
 {
-    if (c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_DEAD)
         return;
     if (c->in_pump) {
         c->pump_again = true;
@@ -450,16 +451,16 @@ void sshp_conn_pump(sshp_conn *c)
     do {
         c->pump_again = false;
         pump_once(c);
-    } while (c->pump_again && c->state != CONN_DEAD && ++rounds < PUMP_ROUNDS);
+    } while (c->pump_again && c->state != SSHP_CONN_DEAD && ++rounds < PUMP_ROUNDS);
     c->in_pump = false;
-    if (c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_DEAD)
         return;
     /* Out of rounds with work left (a budget ran out, or the connection began closing): what
      * is left may already sit in libssh's buffers, where no poll event will announce it. */
     if (c->pump_again && c->next_turn_open)
         uv_idle_start(&c->next_turn, on_next_turn);
     arm_poll(c, &c->cpoll, &c->cpoll_open, c->cs);
-    if (c->be >= BE_HANDSHAKE)
+    if (c->be >= SSHP_BE_HANDSHAKE)
         arm_poll(c, &c->bpoll, &c->bpoll_open, c->bs);
 }
 
@@ -469,12 +470,12 @@ static void on_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
     switch (c->state) {
-    case CONN_KEX:
-    case CONN_AUTH:
+    case SSHP_CONN_KEX:
+    case SSHP_CONN_AUTH:
         sshp_conn_end_as(c, DP_SESS_TIMEOUT);
         sshp_conn_fail(c, "login grace time exceeded", "login grace time exceeded");
         break;
-    case CONN_OPEN: {
+    case SSHP_CONN_OPEN: {
         /* Armed for the full idle time after the last activity; traffic since then only
          * moves the deadline (cheaper than re-arming the timer for every write). */
         uint64_t idle_ms = (uint64_t)sshp_conf_of(c->w)->idle_timeout_s * 1000;
@@ -487,10 +488,10 @@ static void on_timer(uv_timer_t *t)
         }
         break;
     }
-    case CONN_CLOSING:
+    case SSHP_CONN_CLOSING:
         end_unflushed(c);
         break;
-    case CONN_DEAD:
+    case SSHP_CONN_DEAD:
         break;
     }
 }
@@ -499,7 +500,7 @@ static void on_timer(uv_timer_t *t)
 
 void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
 {
-    if (c->state == CONN_CLOSING || c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_CLOSING || c->state == SSHP_CONN_DEAD)
         return;
     if (c->reason[0] == '\0')
         snprintf(c->reason, sizeof c->reason, "%s", reason);
@@ -518,7 +519,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
      * flush first (the pump calls ssh_disconnect when nothing is pending), bounded. */
     ssh_session_set_disconnect_message(c->cs, client_msg);
     c->client_writable = false; /* only a writable poll from now on counts (closing reads) */
-    c->state = CONN_CLOSING;
+    c->state = SSHP_CONN_CLOSING;
     sshp_conn_arm_timer(c, CLOSE_FLUSH_MS);
     if (!c->in_pump)
         sshp_conn_pump(c);
@@ -533,8 +534,8 @@ void sshp_conn_kick(sshp_conn *c, const char *reason)
 }
 
 static const char *const state_names[] = {
-    [CONN_KEX] = "kex",         [CONN_AUTH] = "auth",   [CONN_OPEN] = "open",
-    [CONN_CLOSING] = "closing", [CONN_DEAD] = "closed",
+    [SSHP_CONN_KEX] = "kex",         [SSHP_CONN_AUTH] = "auth",   [SSHP_CONN_OPEN] = "open",
+    [SSHP_CONN_CLOSING] = "closing", [SSHP_CONN_DEAD] = "closed",
 };
 
 /* dp_daemon_def.sessions: list (and kick) this worker's connections. */
@@ -544,7 +545,7 @@ void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *ki
     sshp_worker *sw = sshp_worker_of(w);
     for (sshp_conn *c = sw != NULL ? sw->conns : NULL, *next; c != NULL; c = next) {
         next = c->next; /* a kick never frees synchronously, but do not rely on it */
-        if (c->state == CONN_DEAD)
+        if (c->state == SSHP_CONN_DEAD)
             continue;
         dp_session_view v = {
             .id = c->sid,
@@ -560,7 +561,7 @@ void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *ki
         if (!dp_session_match(f, &v))
             continue;
         dp_session_list_add(out, &v);
-        if (kick != NULL && c->state != CONN_CLOSING) {
+        if (kick != NULL && c->state != SSHP_CONN_CLOSING) {
             snprintf(c->reason, sizeof c->reason, "kicked: %s", kick);
             sshp_conn_end_as(c, DP_SESS_KICKED);
             sshp_conn_fail(c, c->reason, kick);
@@ -610,7 +611,7 @@ static void log_end(sshp_conn *c)
 
 static void conn_end(sshp_conn *c)
 {
-    if (c->state == CONN_DEAD)
+    if (c->state == SSHP_CONN_DEAD)
         return;
     if (c->logged_start || c->user[0] != '\0')
         log_end(c);
@@ -619,7 +620,7 @@ static void conn_end(sshp_conn *c)
     dp_metrics_bytes(c->bytes_in + sshp_channels_bytes(c, true),
                      c->bytes_out + sshp_channels_bytes(c, false));
     dp_daemon_session_closed(c->w, sshp_conn_result(c));
-    c->state = CONN_DEAD;
+    c->state = SSHP_CONN_DEAD;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->client);
         c->startup_slot = false;
@@ -727,7 +728,7 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
         return;
     }
     if (rc == SSH_OK)
-        c->state = CONN_AUTH;
+        c->state = SSHP_CONN_AUTH;
     sshp_conn_arm_timer(c, (uint64_t)cf->login_grace_ms);
     sshp_conn_pump(c);
 }
