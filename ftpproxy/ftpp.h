@@ -139,6 +139,15 @@ typedef enum ftpp_expect {
     FTPP_EX_SWALLOW,  /* an internal command whose answer nobody wants any more */
 } ftpp_expect;
 
+/* What to do with each line of the reply to a command sent to the backend (final: its last
+ * line). Stored with the command when it is sent, so the reply reader knows nothing of login
+ * or data connections; NULL: the reply is read and dropped (an orphaned command). */
+typedef void (*ftpp_reply_fn)(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+typedef struct ftpp_pending {
+    ftpp_expect ex;
+    ftpp_reply_fn on_reply;
+} ftpp_pending;
+
 #define FTPP_PENDING_MAX 8
 
 typedef enum ftpp_dmode {
@@ -243,7 +252,7 @@ struct ftpp_sess {
     ftpp_gai *gai;
     struct sockaddr_storage backend_addr, backend_local;
     ftpp_reply_reader rr;
-    ftpp_expect pending[FTPP_PENDING_MAX];
+    ftpp_pending pending[FTPP_PENDING_MAX];
     int npending;
     char *rtext; /* an internal reply being collected (login), CRLF-separated lines */
     size_t rtext_len, rtext_cap;
@@ -312,7 +321,6 @@ void ftpp_sess_handle_closed(uv_handle_t *h);
 /* ftpp_login.c */
 void ftpp_login_user(ftpp_sess *s, const char *user);
 void ftpp_login_pass(ftpp_sess *s, char *password);
-void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text);
 void ftpp_login_cleanup(ftpp_sess *s);
 void ftpp_login_connect_failed(ftpp_sess *s, const char *why);
 /* The backend's TCP connect completed: its greeting is due. */
@@ -321,11 +329,21 @@ void ftpp_login_backend_lost(ftpp_sess *s, const char *why);
 
 /* ftpp_backend.c */
 int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr);
-void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line);
+/* Send a command; `on_reply` gets each line of its reply. */
+void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *line);
 /* Same, and the copy is wiped once written (PASS). */
-void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line);
+void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply,
+                              const char *line);
+/* A reply that comes without a command (the greeting). */
+void ftpp_backend_expect(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply);
+/* Reply handlers of commands relayed for the client: each line to the client, then the next
+ * command (relay), the same without the features the proxy cannot honour (FEAT), or the end
+ * of the session (QUIT). */
+void ftpp_backend_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+void ftpp_backend_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+void ftpp_backend_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 void ftpp_backend_resume(ftpp_sess *s);
 void ftpp_backend_close(ftpp_sess *s);
 /* Unsent expectations become FTPP_EX_SWALLOW (their answers are dropped). */
@@ -337,9 +355,6 @@ void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg);
 void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line);
 void ftpp_data_cmd_abor(ftpp_sess *s);
 void ftpp_data_cmd_stat(ftpp_sess *s);
-/* Backend reply lines for FTPP_EX_PASV / FTPP_EX_PORT / FTPP_EX_TRANSFER (last = final line of the
- * reply). */
-void ftpp_data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 void ftpp_data_cleanup(ftpp_sess *s);
 bool ftpp_data_busy(const ftpp_sess *s);
 

@@ -20,9 +20,6 @@
 #include "dp_util.h"
 #include "ftpp.h"
 
-/* Internal replies (login banners, FEAT) are kept up to this much; more is dropped. */
-#define INTERNAL_REPLY_MAX 16384
-
 typedef struct breq {
     uv_write_t req;
     ftpp_sess *s;
@@ -51,10 +48,15 @@ static void backend_write_done(uv_write_t *req, int status)
     }
 }
 
-static void push_expect(ftpp_sess *s, ftpp_expect ex)
+static void push_expect(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply)
 {
     if (s->npending < FTPP_PENDING_MAX)
-        s->pending[s->npending++] = ex;
+        s->pending[s->npending++] = (ftpp_pending){ex, on_reply};
+}
+
+void ftpp_backend_expect(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply)
+{
+    push_expect(s, ex, on_reply);
 }
 
 static void pop_expect(ftpp_sess *s)
@@ -67,7 +69,8 @@ static void pop_expect(ftpp_sess *s)
 
 /* Write `line` and CRLF; 0xFF bytes are doubled (RFC 854 IAC IAC: the client's own doubled
  * bytes were undone by the line reader). */
-static void send_text(ftpp_sess *s, ftpp_expect ex, const char *line, bool secret)
+static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *line,
+                      bool secret)
 {
     if (!s->backend_connected || s->ended)
         return;
@@ -106,58 +109,38 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, const char *line, bool secre
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
         return;
     }
-    push_expect(s, ex);
+    push_expect(s, ex, on_reply);
 }
 
-void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, const char *line)
+void ftpp_backend_send_line(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *line)
 {
-    send_text(s, ex, line, false);
+    send_text(s, ex, on_reply, line, false);
 }
 
-void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, const char *line)
+void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply,
+                              const char *line)
 {
-    send_text(s, ex, line, true);
+    send_text(s, ex, on_reply, line, true);
 }
 
-void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, const char *fmt, ...)
+void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *fmt, ...)
 {
     char line[FTPP_CMD_MAX + 64];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    send_text(s, ex, line, false);
+    send_text(s, ex, on_reply, line, false);
 }
 
 void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex)
 {
     for (int i = 0; i < s->npending; i++)
-        if (s->pending[i] == ex)
-            s->pending[i] = FTPP_EX_SWALLOW;
+        if (s->pending[i].ex == ex)
+            s->pending[i] = (ftpp_pending){FTPP_EX_SWALLOW, NULL};
 }
 
 /* ---- replies ---- */
-
-static void collect(ftpp_sess *s, const ftpp_reply_line *rl)
-{
-    if (s->rtext_len + rl->len + 2 > INTERNAL_REPLY_MAX)
-        return;
-    if (s->rtext_len + rl->len + 3 > s->rtext_cap) {
-        size_t cap = s->rtext_cap ? s->rtext_cap * 2 : 512;
-        while (cap < s->rtext_len + rl->len + 3)
-            cap *= 2;
-        char *n = realloc(s->rtext, cap);
-        if (n == NULL)
-            return;
-        s->rtext = n;
-        s->rtext_cap = cap;
-    }
-    memcpy(s->rtext + s->rtext_len, rl->text, rl->len);
-    s->rtext_len += rl->len;
-    s->rtext[s->rtext_len++] = '\r';
-    s->rtext[s->rtext_len++] = '\n';
-    s->rtext[s->rtext_len] = '\0';
-}
 
 static void relay_line(ftpp_sess *s, const ftpp_reply_line *rl)
 {
@@ -177,6 +160,28 @@ static bool feat_hidden(const ftpp_reply_line *rl)
             return true;
     }
     return false;
+}
+
+void ftpp_backend_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    relay_line(s, rl);
+    if (final)
+        ftpp_sess_ready(s);
+}
+
+void ftpp_backend_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    if (!feat_hidden(rl))
+        relay_line(s, rl);
+    if (final)
+        ftpp_sess_ready(s);
+}
+
+void ftpp_backend_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    relay_line(s, rl);
+    if (final)
+        ftpp_sess_close(s, NULL, "quit");
 }
 
 static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
@@ -203,55 +208,20 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
 
 static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
 {
-    if (rl->first)
-        s->rtext_len = 0;
     if (s->npending == 0) {
         unsolicited(s, rl);
         return;
     }
-    ftpp_expect ex = s->pending[0];
+    ftpp_pending p = s->pending[0];
     /* A final reply: 2xx..5xx on the last line; a line without a code outside any
      * multi-line reply counts as final too, or the session would wait forever. */
     bool final = rl->last && (rl->code >= 200 || rl->code == 0);
     if (rl->code == 0 && rl->first)
-        dp_slog_warn(s->prefix, "backend reply without a code (expected for %d)", (int)ex);
+        dp_slog_warn(s->prefix, "backend reply without a code (expected for %d)", (int)p.ex);
     if (final)
         pop_expect(s);
-    switch (ex) {
-    case FTPP_EX_RELAY:
-    case FTPP_EX_ABOR:
-        relay_line(s, rl);
-        if (final)
-            ftpp_sess_ready(s);
-        break;
-    case FTPP_EX_FEAT:
-        if (!feat_hidden(rl))
-            relay_line(s, rl);
-        if (final)
-            ftpp_sess_ready(s);
-        break;
-    case FTPP_EX_QUIT:
-        relay_line(s, rl);
-        if (final)
-            ftpp_sess_close(s, NULL, "quit");
-        break;
-    case FTPP_EX_PASV:
-    case FTPP_EX_PORT:
-    case FTPP_EX_TRANSFER:
-        ftpp_data_reply(s, ex, rl, final);
-        break;
-    case FTPP_EX_GREETING:
-    case FTPP_EX_HOST:
-    case FTPP_EX_OPTS:
-    case FTPP_EX_USER:
-    case FTPP_EX_PASS:
-        collect(s, rl);
-        if (final)
-            ftpp_login_reply(s, ex, rl->code, s->rtext ? s->rtext : "");
-        break;
-    case FTPP_EX_SWALLOW:
-        break;
-    }
+    if (p.on_reply != NULL)
+        p.on_reply(s, p.ex, rl, final);
 }
 
 static void backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -328,8 +298,7 @@ static void connected(uv_connect_t *req, int status)
         getsockname(fd, (struct sockaddr *)&s->backend_local, &ll);
         dp_sock_tune(fd, ftpp_conf_of(s->w)->common.tcp_keepalive_s);
     }
-    push_expect(s, FTPP_EX_GREETING);
-    ftpp_login_connected(s);
+    ftpp_login_connected(s); /* expects the greeting */
     ftpp_backend_resume(s);
 }
 

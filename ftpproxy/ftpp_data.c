@@ -33,6 +33,8 @@
 #include "dp_util.h"
 #include "ftpp.h"
 
+static void data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+
 /* The held final reply of a transfer is small (226 + text); more is cut. */
 #define HELD_MAX 4096
 
@@ -644,9 +646,9 @@ static void send_backend_pasv(ftpp_sess *s)
 {
     s->xfer->state = FTPP_XS_BACKEND_PASV;
     if (s->backend_pasv_only)
-        ftpp_backend_send_line(s, FTPP_EX_PASV, "PASV");
+        ftpp_backend_send_line(s, FTPP_EX_PASV, data_reply, "PASV");
     else
-        ftpp_backend_send_line(s, FTPP_EX_PASV, "EPSV");
+        ftpp_backend_send_line(s, FTPP_EX_PASV, data_reply, "EPSV");
 }
 
 static void send_backend_port(ftpp_sess *s)
@@ -671,7 +673,7 @@ static void send_backend_port(ftpp_sess *s)
     }
     line[n - 2] = '\0'; /* the formatters end with CRLF; send_line adds its own */
     x->state = FTPP_XS_BACKEND_PORT;
-    ftpp_backend_send_line(s, FTPP_EX_PORT, line);
+    ftpp_backend_send_line(s, FTPP_EX_PORT, data_reply, line);
 }
 
 /* Advance the transfer as far as it can go now. */
@@ -694,7 +696,7 @@ static void xfer_step(ftpp_sess *s)
     if (x->state == FTPP_XS_BACKEND_CONN && x->bfd >= 0) {
         ftpp_sess_op_timer_stop(s);
         x->state = FTPP_XS_COMMAND;
-        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, x->line);
+        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, data_reply, x->line);
         start_pump(s);
     }
 }
@@ -804,7 +806,7 @@ static void port_reply(ftpp_sess *s, const ftpp_reply_line *rl)
         return;
     if (rl->code >= 200 && rl->code < 300) {
         x->state = FTPP_XS_COMMAND;
-        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, x->line);
+        ftpp_backend_send_line(s, FTPP_EX_TRANSFER, data_reply, x->line);
         return; /* backend_accepted starts the relay */
     }
     sock_close(&x->bsock);
@@ -874,7 +876,9 @@ static void transfer_reply(ftpp_sess *s, const ftpp_reply_line *rl, bool final)
     xfer_finish(s, rl->code, true);
 }
 
-void ftpp_data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+/* Reply handler of PASV/EPSV, PORT/EPRT and the transfer commands (final: the reply's last
+ * line). */
+static void data_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
 {
     if (!final && ex != FTPP_EX_TRANSFER)
         return; /* inner lines of an internal multi-line reply */
@@ -893,7 +897,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     ftpp_xfer *x = s->xfer;
     s->busy = true;
     if (x == NULL) {
-        ftpp_backend_send_line(s, FTPP_EX_ABOR, "ABOR");
+        ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_backend_relay_reply, "ABOR");
         return;
     }
     if (x->state != FTPP_XS_COMMAND) {
@@ -920,7 +924,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     }
     /* Plain ABOR: the backend's data connection is gone already, which is what makes a
      * synchronous server (vsftpd's default) end the transfer with 426 and then read this. */
-    ftpp_backend_send_line(s, FTPP_EX_ABOR, "ABOR");
+    ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_backend_relay_reply, "ABOR");
 }
 
 void ftpp_data_cmd_stat(ftpp_sess *s)

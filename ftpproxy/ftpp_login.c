@@ -80,8 +80,11 @@ static void await_backend(ftpp_sess *s)
     ftpp_sess_op_timer(s, (uint64_t)ftpp_conf_of(s->w)->backend_reply_timeout_ms, reply_expired);
 }
 
+static void login_line(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+
 void ftpp_login_connected(ftpp_sess *s)
 {
+    ftpp_backend_expect(s, FTPP_EX_GREETING, login_line);
     s->state = FTPP_ST_GREETING;
     await_backend(s);
 }
@@ -94,12 +97,12 @@ static void login_next(ftpp_sess *s)
     await_backend(s);
     if (s->host_arg[0] != '\0' && !s->host_sent) {
         s->host_sent = true;
-        ftpp_backend_send(s, FTPP_EX_HOST, "HOST %s", s->host_arg);
+        ftpp_backend_send(s, FTPP_EX_HOST, login_line, "HOST %s", s->host_arg);
     } else if (s->utf8 && !s->opts_sent) {
         s->opts_sent = true;
-        ftpp_backend_send_line(s, FTPP_EX_OPTS, "OPTS UTF8 ON");
+        ftpp_backend_send_line(s, FTPP_EX_OPTS, login_line, "OPTS UTF8 ON");
     } else {
-        ftpp_backend_send(s, FTPP_EX_USER, "USER %s",
+        ftpp_backend_send(s, FTPP_EX_USER, login_line, "USER %s",
                           s->route.backend_user[0] ? s->route.backend_user : s->user);
     }
 }
@@ -314,13 +317,50 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
     char line[FTPP_CMD_MAX + 8];
     int n = snprintf(line, sizeof line, "PASS %s", password);
     await_backend(s);
-    ftpp_backend_send_secret(s, FTPP_EX_PASS, line);
+    ftpp_backend_send_secret(s, FTPP_EX_PASS, login_line, line);
     explicit_bzero(line, (size_t)(n > 0 ? n : 0));
 }
 
 /* ---- backend replies during login ---- */
 
-void ftpp_login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
+/* Login replies are kept up to this much (banners, multi-line 230s); more is dropped. */
+#define INTERNAL_REPLY_MAX 16384
+
+static void collect(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    if (rl->first)
+        s->rtext_len = 0;
+    if (s->rtext_len + rl->len + 2 > INTERNAL_REPLY_MAX)
+        return;
+    if (s->rtext_len + rl->len + 3 > s->rtext_cap) {
+        size_t cap = s->rtext_cap ? s->rtext_cap * 2 : 512;
+        while (cap < s->rtext_len + rl->len + 3)
+            cap *= 2;
+        char *n = realloc(s->rtext, cap);
+        if (n == NULL)
+            return;
+        s->rtext = n;
+        s->rtext_cap = cap;
+    }
+    memcpy(s->rtext + s->rtext_len, rl->text, rl->len);
+    s->rtext_len += rl->len;
+    s->rtext[s->rtext_len++] = '\r';
+    s->rtext[s->rtext_len++] = '\n';
+    s->rtext[s->rtext_len] = '\0';
+}
+
+static void login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text);
+
+/* Reply handler of every command the login sends (and of the greeting): the reply's text is
+ * collected, then the login goes on from its code. */
+static void login_line(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    collect(s, rl);
+    if (final)
+        login_reply(s, ex, rl->code, s->rtext ? s->rtext : "");
+}
+
+static void login_reply(ftpp_sess *s, ftpp_expect ex, int code, const char *text)
 {
     switch (ex) {
     case FTPP_EX_GREETING:

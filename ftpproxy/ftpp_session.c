@@ -486,9 +486,9 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
     } else if (strcmp(verb, "ABOR") == 0) {
         ftpp_data_cmd_abor(s);
     } else if (strcmp(verb, "QUIT") == 0) {
-        ftpp_backend_send_line(s, FTPP_EX_QUIT, line);
+        ftpp_backend_send_line(s, FTPP_EX_QUIT, ftpp_backend_quit_reply, line);
     } else if (strcmp(verb, "FEAT") == 0) {
-        ftpp_backend_send_line(s, FTPP_EX_FEAT, line);
+        ftpp_backend_send_line(s, FTPP_EX_FEAT, ftpp_backend_feat_reply, line);
     } else if (strcmp(verb, "USER") == 0) {
         /* The route was chosen for this user; another login would need another backend. */
         ftpp_sess_reply(s, "530 Can't change to another user.");
@@ -509,7 +509,7 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
         ftpp_sess_reply(s, "503 No security exchange was done.");
         ftpp_sess_ready(s);
     } else {
-        ftpp_backend_send_line(s, FTPP_EX_RELAY, line);
+        ftpp_backend_send_line(s, FTPP_EX_RELAY, ftpp_backend_relay_reply, line);
     }
 }
 
