@@ -1078,10 +1078,13 @@ def t_passive_reuse(env):
 
 
 # ---- 18 ftp.data_sndbuf -------------------------------------------------------------------------
-def sndbufs_toward(port):
-    """The send buffer sizes (skmem tb) of this host's TCP sockets whose peer port is `port`."""
-    out = subprocess.run(["ss", "-tmnH", "dst", "127.0.0.1:%d" % port], stdout=subprocess.PIPE,
-                         text=True, timeout=10).stdout
+def sndbufs_toward(conn):
+    """The send buffer sizes (skmem tb) of this host's TCP sockets at the other end of `conn`
+    (both ports: a peer port alone can match an unrelated connection to a listener that
+    happens to have the same number)."""
+    local, peer = conn.getsockname(), conn.getpeername()
+    out = subprocess.run(["ss", "-tmnH", "src", "%s:%d" % peer[:2], "dst", "%s:%d" % local[:2]],
+                         stdout=subprocess.PIPE, text=True, timeout=10).stdout
     return [int(t) for t in re.findall(r"\btb(\d+)", out)]
 
 
@@ -1108,7 +1111,7 @@ def t_data_sndbuf(env):
             f.set_pasv(True)
             conn = f.transfercmd("RETR sndbuf.bin")
             # Not reading yet: the proxy's socket toward us fills and stays open.
-            seen = dpenv.wait_until(lambda: sndbufs_toward(conn.getsockname()[1]), 5) or []
+            seen = dpenv.wait_until(lambda: sndbufs_toward(conn), 5) or []
             got = bytearray()
             while True:
                 b = conn.recv(1 << 20)
