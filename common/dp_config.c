@@ -673,6 +673,18 @@ static const char *const conf_type_names[] = {
     [DP_CONF_STRLIST] = "string list", [DP_CONF_ENUM] = "enum", [DP_CONF_PARAMS] = "group",
 };
 
+/* A list's default ("a,b") as the file writes it: ["a", "b"]. */
+static void print_list_default(int fd, const char *def)
+{
+    dprintf(fd, "[");
+    for (const char *p = def; p != NULL && *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        dprintf(fd, "%s\"%.*s\"", p == def ? "" : ", ", (int)n, p);
+        p += n + (p[n] == ',');
+    }
+    dprintf(fd, "]");
+}
+
 void dp_conf_keys(const dp_conf_table *const *tables, int fd)
 {
     for (size_t t = 0; tables[t] != NULL; t++)
@@ -681,10 +693,15 @@ void dp_conf_keys(const dp_conf_table *const *tables, int fd)
             dprintf(fd, "%s\t%s\t", ent->path, conf_type_names[ent->type]);
             if (ent->flags & DP_CONF_REQUIRED)
                 dprintf(fd, "(required)");
-            else if (ent->type == DP_CONF_STRING || ent->type == DP_CONF_ENUM)
+            else if (ent->type == DP_CONF_STRING)
                 dprintf(fd, "\"%s\"", ent->def != NULL ? ent->def : "");
+            else if (ent->type == DP_CONF_ENUM)
+                dprintf(fd, "\"%s\"",
+                        ent->def != NULL       ? ent->def
+                        : ent->choices != NULL ? ent->choices[0]
+                                               : "");
             else if (ent->type == DP_CONF_STRLIST)
-                dprintf(fd, "[%s]", ent->def != NULL ? ent->def : "");
+                print_list_default(fd, ent->def);
             else if (ent->type == DP_CONF_PARAMS)
                 dprintf(fd, "{}");
             else
@@ -693,7 +710,8 @@ void dp_conf_keys(const dp_conf_table *const *tables, int fd)
             dprintf(fd, "\t");
             if (ent->type == DP_CONF_INT)
                 dprintf(fd, "%lld..%lld", ent->min, ent->max);
-            for (size_t k = 0; ent->type == DP_CONF_ENUM && ent->choices[k] != NULL; k++)
+            for (size_t k = 0;
+                 ent->type == DP_CONF_ENUM && ent->choices != NULL && ent->choices[k] != NULL; k++)
                 dprintf(fd, "%s%s", k ? ", " : "", ent->choices[k]);
             dprintf(fd, "\t%s\n", (ent->flags & DP_CONF_RELOADABLE) ? "yes" : "no");
         }

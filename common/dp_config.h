@@ -76,7 +76,7 @@ typedef struct dp_conf_entry {
         .path = (path_), .type = DP_CONF_STRING, .offset = (off_), .def = (def_), .min = (min_),   \
         .max = (max_), .flags = (flags_), .help = (help_), __VA_ARGS__                             \
     }
-/* max_items_: 0 = no limit; a list has no default (empty) */
+/* max_items_: 0 = no limit; empty by default, or `.def = "a,b"` (comma-separated) appended */
 #define DP_CONF_LIST_KEY(path_, off_, max_items_, flags_, help_, ...)                              \
     {                                                                                              \
         .path = (path_), .type = DP_CONF_STRLIST, .offset = (off_), .max = (max_items_),           \

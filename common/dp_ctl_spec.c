@@ -11,7 +11,7 @@ static const char *const keys_user[] = {"user", NULL};
 
 const dp_ctl_spec dp_ctl_specs[DP_CTL_CMD__COUNT] = {
     [DP_CTL_CMD_STATUS] = {"status", "", NULL,
-                           "version, pid, uptime, state, config, hook, sessions", NULL, 0},
+                           "version, pid, uptime, workers, state, config, hook, sessions", NULL, 0},
     [DP_CTL_CMD_SESSIONS] = {"sessions", "[id=ID] [user=U] [backend=B]", keys_filter,
                              "list sessions, one row each",
                              "Columns: id, proto, user, client, backend, started (RFC 3339 UTC), "

@@ -32,7 +32,8 @@ typedef enum dp_ctl_cmd_id {
 
 /* Runs in proxyctl, never sent to a daemon (move: it talks to the database). */
 #define DP_CTL_LOCAL 0x1u
-/* Answered only when the command's own deadline has passed (drain). */
+/* May be answered only at the command's own deadline (drain: when the last session has
+ * ended, at the latest at its timeout): the client waits longer. */
 #define DP_CTL_WAITS 0x2u
 /* Answered by the protocol layer itself (help), not by a handler. */
 #define DP_CTL_BUILTIN 0x4u

@@ -745,6 +745,16 @@ int dp_daemon_ctl_init(dp_daemon *d, char *err, size_t errlen)
     pthread_mutex_unlock(&d->ctl_lock);
     if (c->ctl_socket[0] == '\0')
         return 0;
+    /* Every command of the protocol's table that a daemon answers has its handler here. */
+    for (size_t i = 0; i < DP_CTL_CMD__COUNT; i++) {
+        bool served = (dp_ctl_specs[i].flags & (DP_CTL_LOCAL | DP_CTL_BUILTIN)) != 0;
+        for (size_t k = 0; k < sizeof commands / sizeof commands[0] && !served; k++)
+            served = commands[k].spec == &dp_ctl_specs[i];
+        if (!served) {
+            snprintf(err, errlen, "control command \"%s\" has no handler", dp_ctl_specs[i].name);
+            return -EINVAL;
+        }
+    }
     dp_ctl_opts o = {
         .path = c->ctl_socket,
         .allowed_uid = d->privs.uid,

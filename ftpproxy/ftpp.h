@@ -122,7 +122,8 @@ typedef enum ftpp_state {
     FTPP_ST_CLOSING, /* flushing the last reply, then closing */
 } ftpp_state;
 
-/* What a command sent to the backend was for; its reply is routed by this. */
+/* What a command sent to the backend was for (logs, orphaning); its reply goes to the handler
+ * stored with it (ftpp_pending). */
 typedef enum ftpp_expect {
     FTPP_EX_GREETING,
     FTPP_EX_HOST,

@@ -2,11 +2,12 @@
  * ftpp_backend.c - the backend's control connection: connect, send commands, read replies
  * and route each one to what asked for it.
  *
- * Every command sent pushes an expectation (ftpp_expect) on a short FIFO; a reply's final
- * line (RFC 959 §4.2: a 2xx-5xx "ddd " line; 1xx are preliminary and keep the command
- * pending) pops it. Relayed replies go to the client line by line as they arrive, so a long
- * multi-line reply (STAT of a directory) never sits whole in the proxy; internal replies
- * (login, EPSV/PASV) are collected up to a cap.
+ * Every command sent pushes an expectation (ftpp_pending: what it was for, and the handler
+ * its sender gave for the reply) on a short FIFO; a reply's final line (RFC 959 §4.2: a
+ * 2xx-5xx "ddd " line; 1xx are preliminary and keep the command pending) pops it. Every line
+ * goes to that handler as it arrives: relayed replies reach the client line by line, so a long
+ * multi-line reply (STAT of a directory) never sits whole in the proxy; the login collects its
+ * replies' text (ftpp_login.c).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -208,6 +209,8 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
 
 static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
 {
+    if (rl->first)
+        s->rtext_len = 0; /* the login's collected text is of one reply only */
     if (s->npending == 0) {
         unsolicited(s, rl);
         return;

@@ -328,8 +328,6 @@ void ftpp_login_pass(ftpp_sess *s, char *password)
 
 static void collect(ftpp_sess *s, const ftpp_reply_line *rl)
 {
-    if (rl->first)
-        s->rtext_len = 0;
     if (s->rtext_len + rl->len + 2 > INTERNAL_REPLY_MAX)
         return;
     if (s->rtext_len + rl->len + 3 > s->rtext_cap) {

@@ -8,7 +8,7 @@ default, type, reload flag and bounds (an int's minimum and maximum must both ap
 range cell). A table without a reload column must sit under text that says "All reloadable",
 and then every key in it must be.
 
-    /usr/bin/python3 tests/unit/test_config_docs.py BUILD_DIR SOURCE_DIR
+    /usr/bin/python3 tests/unit/test_config_docs.py SSHPROXY FTPPROXY SOURCE_DIR
 """
 import os
 import re
@@ -16,14 +16,13 @@ import subprocess
 import sys
 
 DOCS = ("docs/configuration.md", "docs/sshproxy.md")
-DAEMONS = ("sshproxy/sshproxy", "ftpproxy/ftpproxy")
 
 
-def table_keys(build):
+def table_keys(daemons):
     keys = {}
-    for d in DAEMONS:
-        out = subprocess.run([os.path.join(build, d), "-K"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
+    for d in daemons:
+        out = subprocess.run([d, "-K"], capture_output=True, text=True, timeout=30,
+                             check=True).stdout
         for line in out.splitlines():
             key, typ, default, rng, reload = line.split("\t")
             keys[key] = {"type": typ, "default": default, "range": rng, "reload": reload}
@@ -64,8 +63,8 @@ def numbers(text):
 
 
 def main(argv):
-    build, source = argv[1], argv[2]
-    keys = table_keys(build)
+    daemons, source = argv[1:3], argv[3]
+    keys = table_keys(daemons)
     problems = []
     documented = set()
     for path in DOCS:
@@ -99,6 +98,9 @@ def main(argv):
                 if not {lo, hi} <= numbers(c["range"]):
                     problems.append("%s: %s: range %r, the table says %s"
                                     % (where, name, c["range"], k["range"]))
+    if not keys or not documented:
+        problems.append("nothing to compare: %d keys from -K, %d documented" % (len(keys),
+                                                                            len(documented)))
     for name in sorted(set(keys) - documented):
         problems.append("%s is accepted but documented nowhere in %s" % (name, ", ".join(DOCS)))
     for p in problems:
