@@ -187,10 +187,12 @@ class ProxyEnv:
     DEFAULT_CONF = {}       # the protocol section's defaults
     PREFIX = "dpt-proxy-"   # of the temp dir
 
-    def __init__(self, nusers=3, conf=None, workers=2, log_level="info", prefix=None):
+    def __init__(self, nusers=3, conf=None, workers=2, log_level="info", prefix=None,
+                 hook_timeout_ms=None):
         """conf: protocol section keys over DEFAULT_CONF (env.conf; edit it, then
-        restart_proxy())."""
+        restart_proxy()). hook_timeout_ms: hook.timeout_ms (None: the daemon's default)."""
         self.nusers = nusers
+        self.hook_timeout_ms = hook_timeout_ms
         self.conf = dict(self.DEFAULT_CONF)
         self.conf.update(conf or {})
         self.workers = workers
@@ -400,6 +402,8 @@ class ProxyEnv:
                  "hook = {",
                  "  path = %s;" % conf_value(PGSQL_HOOK),
                  "  cache_ttl_ms = %d;" % CACHE_TTL_MS,
+                 ] + (["  timeout_ms = %d;" % self.hook_timeout_ms]
+                      if self.hook_timeout_ms else []) + [
                  "  config = { conninfo = %s; };" % conf_value(self.pg.conninfo),
                  "};",
                  "%s = {" % self.CONF_SECTION]
