@@ -86,7 +86,8 @@ typedef struct sshp_worker {
 } sshp_worker;
 
 sshp_worker *sshp_worker_of(dp_worker *w);
-void sshp_worker_start_housekeeping(sshp_worker *sw);
+/* The 1 Hz memory pass (sshp_conn.c); started last in a worker's start, closed by its stop. */
+void sshp_worker_start_housekeeping(sshp_worker *sw, uv_loop_t *loop);
 const sshp_conf *sshp_conf_of(dp_worker *w);
 
 /* Limits on unauthenticated connections, process-wide (sshp_limits.c). */

@@ -50,8 +50,9 @@ static void end_unflushed(sshp_conn *c)
 /* ---- handles ---- */
 
 /* Memory policy, once a second per worker (the housekeeping timer):
- * - libssh buffers keep their largest allocation: a session that has streamed holds about
- *   200 KiB in its packet, socket and channel buffers for as long as it lives. A connection
+ * - libssh buffers keep their largest allocation: a session that has streamed holds up to
+ *   about 2 MiB in its packet, socket and channel buffers (what a slow reader left in the
+ *   channel's) for as long as it lives. A connection
  *   with no data for IDLE_RELEASE_MS gives the empty ones back (libssh patch 0005), once per
  *   quiet spell; the next packet allocates again.
  * - glibc keeps freed heap pages: after sessions end or buffers are given back, RSS would stay
@@ -62,10 +63,11 @@ static void end_unflushed(sshp_conn *c)
  * sessions ended), not for the few hundred bytes a quiet interactive session regrows */
 #define RELEASED_TRIM_MIN (256u << 10)
 
-static void release_idle_buffers(sshp_worker *sw, uint64_t now)
+/* Give back the empty libssh buffers of connections quiet since a pass; the bytes freed. */
+static size_t release_idle_buffers(sshp_worker *sw, uint64_t now)
 {
-#ifdef SSHP_HAVE_RELEASE_BUFFERS
     size_t released = 0;
+#ifdef SSHP_HAVE_RELEASE_BUFFERS
     for (sshp_conn *c = sw->conns; c != NULL; c = c->next) {
         if (c->state != SSHP_CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
             now - c->last_activity_ms < IDLE_RELEASE_MS)
@@ -73,16 +75,19 @@ static void release_idle_buffers(sshp_worker *sw, uint64_t now)
         c->buffers_released_at = c->last_activity_ms;
         released += ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
     }
-    if (released >= RELEASED_TRIM_MIN)
-        sw->trim_due = true;
 #else
     (void)sw;
     (void)now;
 #endif
+    return released;
 }
 
-static void trim_now(sshp_worker *sw, uint64_t now)
+/* Memory was freed: trim now if the last trim is a second old, else at a later pass. */
+static void trim_soon(sshp_worker *sw, uint64_t now)
 {
+    sw->trim_due = true;
+    if (now - sw->last_trim_ms < HOUSEKEEPING_MS)
+        return;
     sw->trim_due = false;
     sw->last_trim_ms = now;
     malloc_trim(0);
@@ -92,26 +97,23 @@ static void on_housekeeping(uv_timer_t *t)
 {
     sshp_worker *sw = t->data;
     uint64_t now = dp_now_ms();
-    release_idle_buffers(sw, now);
-    if (sw->trim_due && now - sw->last_trim_ms >= HOUSEKEEPING_MS)
-        trim_now(sw, now);
+    if (release_idle_buffers(sw, now) >= RELEASED_TRIM_MIN || sw->trim_due)
+        trim_soon(sw, now);
 }
 
-void sshp_worker_start_housekeeping(sshp_worker *sw)
+void sshp_worker_start_housekeeping(sshp_worker *sw, uv_loop_t *loop)
 {
+    uv_timer_init(loop, &sw->housekeeping);
+    sw->housekeeping.data = sw;
+    uv_unref((uv_handle_t *)&sw->housekeeping); /* never keeps a stopping loop alive */
+    sw->housekeeping_open = true;
     uv_timer_start(&sw->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
 }
 
 static void conn_free(sshp_conn *c)
 {
     sshp_worker *sw = c->sw;
-    /* at once when the last trim is a second old (the pages of a closing burst go back at
-     * the next pass) */
-    uint64_t now = dp_now_ms();
-    if (now - sw->last_trim_ms >= HOUSEKEEPING_MS)
-        trim_now(sw, now);
-    else
-        sw->trim_due = true;
+    trim_soon(sw, dp_now_ms()); /* a closing burst's pages go back at the next pass */
     if (c->prev != NULL)
         c->prev->next = c->next;
     else

@@ -202,10 +202,6 @@ static int sshp_start(dp_worker *w)
         return -ENOMEM;
     sw->w = w;
     dp_daemon_worker_set_data(w, sw);
-    uv_timer_init(dp_worker_loop(w), &sw->housekeeping);
-    sw->housekeeping.data = sw;
-    uv_unref((uv_handle_t *)&sw->housekeeping); /* never keeps a stopping loop alive */
-    sw->housekeeping_open = true;
     ssh_set_log_callback(libssh_log);
     if (dp_worker_index(w) == 0) {
 #ifndef SSHP_HAVE_PTY_MODES
@@ -219,7 +215,7 @@ static int sshp_start(dp_worker *w)
 #endif
 #ifndef SSHP_HAVE_RELEASE_BUFFERS
         dp_log_warn("libssh %s lacks deps/libssh/patches/0005: idle sessions keep their largest "
-                    "buffers (up to ~200 KiB each after a transfer)",
+                    "buffers (up to ~2 MiB each after a transfer)",
                     ssh_version(0));
 #endif
     }
@@ -258,7 +254,8 @@ static int sshp_start(dp_worker *w)
         dp_log_error("cannot read ssh.proxy_key %s", cf->proxy_key);
         return -EINVAL;
     }
-    sshp_worker_start_housekeeping(sw); /* last: a failed start is never stopped */
+    /* last: a failed start is never stopped, so nothing may be left running */
+    sshp_worker_start_housekeeping(sw, dp_worker_loop(w));
     return 0;
 }
 

@@ -16,6 +16,7 @@ Run by ctest (label e2e) or directly as root:
 
 import hashlib
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -340,10 +341,15 @@ def t_idle_after_transfer(env):
 
 
 def read_exactly(f, n, timeout):
+    """Up to n bytes from pipe f, within `timeout` seconds even if the writer stalls."""
     out = bytearray()
     deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        chunk = f.read1(min(1 << 20, n - len(out)))
+    fd = f.fileno()
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, min(1 << 20, n - len(out)))
         if not chunk:
             break
         out += chunk
