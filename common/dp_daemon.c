@@ -334,7 +334,9 @@ static int w_start(dp_worker *w)
     int rc = dp_route_cache_new(&ws->cache, dp_worker_loop(w), ws->gen->hook->hook, &o);
     if (rc != 0)
         return rc;
-    return d->def->ops->start != NULL ? d->def->ops->start(w) : 0;
+    rc = d->def->ops->start != NULL ? d->def->ops->start(w) : 0;
+    /* last: a failed start is never stopped, so nothing may be left running */
+    return rc != 0 ? rc : dp_session_set_start(&ws->sessions, dp_worker_loop(w));
 }
 
 static void w_accept(dp_worker *w, const dp_conn_info *ci)
@@ -349,6 +351,8 @@ static void w_stop(dp_worker *w)
 {
     dp_daemon *d = dp_worker_arg(w);
     wstate *ws = dp_worker_data(w);
+    if (ws != NULL)
+        dp_session_set_stop(&ws->sessions);
     if (d->def->ops->stop != NULL)
         d->def->ops->stop(w);
     if (ws != NULL && ws->cache != NULL)
@@ -413,6 +417,12 @@ dp_route_cache *dp_daemon_worker_cache(const dp_worker *w)
 const char *dp_daemon_name(const dp_daemon *d)
 {
     return d->def->name;
+}
+
+dp_session_set *dp_daemon_worker_sessions(const dp_worker *w)
+{
+    wstate *ws = dp_worker_data(w);
+    return &ws->sessions;
 }
 
 void dp_daemon_worker_set_data(dp_worker *w, void *data)

@@ -99,11 +99,6 @@ typedef struct dp_daemon_def {
     /* Optional: every invalidation any loaded hook issues (user NULL = all), for state the
      * daemon keeps beside the route caches. Called from any thread; must not block. */
     void (*on_invalidate)(const char *user);
-    /* On each worker's loop: dp_session_list_add every session that dp_session_match()es
-     * `f`; when `kick` is not NULL, also end each of them with that text (SSH: disconnect
-     * message, FTP: 421 reply; in-flight transfers are closed). */
-    void (*sessions)(dp_worker *w, const dp_session_filter *f, const char *kick,
-                     dp_session_list *out);
 } dp_daemon_def;
 
 /* A session begins (a connection was accepted and kept) / ends, and how: the live-session
@@ -129,5 +124,9 @@ const char *dp_daemon_name(const dp_daemon *d);
 /* The per-worker data slot the daemon may use (dp_worker_data is taken by dp_daemon). */
 void dp_daemon_worker_set_data(dp_worker *w, void *data);
 void *dp_daemon_worker_data(const dp_worker *w);
+/* The worker's sessions (dp_session.h): listed and kicked by the control socket, kicked when
+ * the worker stops. */
+typedef struct dp_session_set dp_session_set;
+dp_session_set *dp_daemon_worker_sessions(const dp_worker *w);
 
 #endif

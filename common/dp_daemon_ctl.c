@@ -213,9 +213,7 @@ static void fanout_run(dp_fanout *fo)
 
 static void work_sessions(dp_worker *w, dp_fanout *fo)
 {
-    dp_daemon *d = fo->d;
-    if (d->def->sessions != NULL)
-        d->def->sessions(w, &fo->f, fo->kick, &fo->list);
+    dp_session_set_list(dp_daemon_worker_sessions(w), &fo->f, fo->kick, &fo->list);
 }
 
 static int set_filter(dp_fanout *fo, const char *id, const char *user, const char *backend)

@@ -12,6 +12,7 @@
 #include "dp_ctl.h"
 #include "dp_daemon.h"
 #include "dp_privs.h"
+#include "dp_session.h"
 
 typedef struct hook_ref {
     dp_hook *hook;
@@ -64,6 +65,7 @@ typedef struct wstate {
     dp_daemon *d;
     generation *gen;
     dp_route_cache *cache;
+    dp_session_set sessions;
     void *daemon_data;
 } wstate;
 

@@ -24,7 +24,9 @@
 #include <uv.h>
 
 #include "dp_daemon.h"
+#include "dp_dial.h"
 #include "dp_metrics.h"
+#include "dp_session.h"
 #include "ftpp_proto.h"
 
 /* ---- configuration (ftpp_main.c) ---- */
@@ -53,9 +55,6 @@ typedef struct ftpp_sess ftpp_sess;
 
 typedef struct ftpp_worker {
     dp_worker *w;
-    ftpp_sess *sessions; /* every live session of this worker */
-    unsigned nsessions;
-    uint32_t next_id;
     char rbuf[65536]; /* backend replies are read here and parsed in the read callback */
 } ftpp_worker;
 
@@ -100,13 +99,6 @@ typedef struct ftpp_sock {
     bool closing;
     struct sockaddr_storage peer; /* of the connection just accepted */
 } ftpp_sock;
-
-/* A name being resolved on the threadpool; outlives a cancelled login attempt. */
-typedef struct ftpp_gai {
-    uv_getaddrinfo_t req;
-    ftpp_sess *s;
-    bool stale;
-} ftpp_gai;
 
 /* ---- the session ---- */
 
@@ -193,27 +185,17 @@ typedef struct ftpp_xfer {
 } ftpp_xfer;
 
 struct ftpp_sess {
+    dp_session core; /* first: id, client, user, route, bytes, end, references (dp_session.h) */
     ftpp_worker *fw;
-    dp_worker *w;
-    ftpp_sess *prev, *next;
-    char sid[16];
-    char prefix[400];
-    char client_text[64];
     ftpp_state state;
-    int open_handles; /* handles and requests not closed yet; freed at 0 after the end */
-    bool ended;
     bool slot_held;
-    uint64_t started_ms;
-    int64_t started_unix_ms;
     uint64_t activity_ms;
-    char reason[160];
 
     /* client control connection */
     uv_tcp_t client;
     bool client_open, client_reading, client_eof;
-    struct sockaddr_storage client_addr; /* the real client (PROXY protocol aware) */
-    struct sockaddr_storage ctl_local;   /* our address on the control connection */
-    char cin[FTPP_CMD_MAX + 1024];       /* raw bytes read, not yet parsed */
+    struct sockaddr_storage ctl_local; /* our address on the control connection */
+    char cin[FTPP_CMD_MAX + 1024];     /* raw bytes read, not yet parsed */
     size_t cin_len;
     ftpp_linebuf lb;
     char *held_line; /* a command that arrived during a transfer, run after it */
@@ -230,27 +212,19 @@ struct ftpp_sess {
     bool login_clock_stopped;
 
     /* login */
-    char user[DPH_USER_MAX];
     char host_arg[256]; /* HOST (RFC 7151), replayed to the backend */
     bool utf8;          /* OPTS UTF8 ON, replayed */
     bool host_sent, opts_sent;
     dp_route_lookup lookup;
     bool lookup_pending;
-    dph_route route;
-    bool route_ok;
     bool unknown_user;    /* answer PASS with 530 after the delay */
     bool backend_no_pass; /* the backend logged in at USER (230): answer PASS with it */
-    int login_failures;
-    bool logged_start;
-    bool end_result_set;       /* a cause of the end decided end_result (ftpp_sess_end_as) */
-    dp_sess_result end_result; /* for dynproxy_sessions_total */
 
     /* backend control connection */
     uv_tcp_t backend;
     bool backend_open, backend_connected, backend_reading;
-    uv_connect_t connect_req;
+    dp_dial *dial;       /* while the backend is dialled */
     uint64_t connect_ns; /* uv_hrtime() at the connect (dynproxy_backend_connect_seconds) */
-    ftpp_gai *gai;
     struct sockaddr_storage backend_addr, backend_local;
     ftpp_reply_reader rr;
     ftpp_pending pending[FTPP_PENDING_MAX];
@@ -267,29 +241,8 @@ struct ftpp_sess {
     int pasv_fd;                         /* the client's data connection, accepted early (or -1) */
     struct sockaddr_storage active_addr; /* PORT/EPRT target */
     ftpp_xfer *xfer;
-
-    uint64_t bytes_in, bytes_out; /* control + data, client->backend / backend->client */
+    /* core.bytes_in/out count control and data, client->backend / backend->client */
 };
-
-/* Record why the session is ending, for dynproxy_sessions_total (the first cause wins). */
-static inline void ftpp_sess_end_as(ftpp_sess *s, dp_sess_result r)
-{
-    if (!s->end_result_set) {
-        s->end_result = r;
-        s->end_result_set = true;
-    }
-}
-
-/* The result counted at the end: the recorded cause, else logged in = ok, else auth_failed
- * after a failed login, else error (the client left before trying). */
-static inline dp_sess_result ftpp_sess_result(const ftpp_sess *s)
-{
-    if (s->end_result_set)
-        return s->end_result;
-    if (s->logged_start)
-        return DP_SESS_OK;
-    return s->login_failures > 0 ? DP_SESS_AUTH_FAILED : DP_SESS_ERROR;
-}
 
 /* ftpp_session.c */
 void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci);
@@ -305,31 +258,23 @@ void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason);
 void ftpp_sess_ready(ftpp_sess *s);
 /* 421 `message`, then close; the log says `reason` (NULL: the message). */
 void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason);
-void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
-                    dp_session_list *out);
 void ftpp_sess_op_timer(ftpp_sess *s, uint64_t ms, void (*expired)(ftpp_sess *s));
 void ftpp_sess_op_timer_stop(ftpp_sess *s);
 void ftpp_sess_logged_in(ftpp_sess *s);
 /* Stop the client's login clock while the proxy waits (lookup, backend), start it again with
  * the time that was left when the turn is the client's again. */
 void ftpp_sess_login_clock(ftpp_sess *s, bool running);
-/* Handles and requests that point at the session keep it alive: ref when one is started,
- * unref (or ftpp_sess_handle_closed as the close callback, data = session) when it is done. */
-void ftpp_sess_ref(ftpp_sess *s);
-void ftpp_sess_unref(ftpp_sess *s);
-void ftpp_sess_handle_closed(uv_handle_t *h);
 
 /* ftpp_login.c */
 void ftpp_login_user(ftpp_sess *s, const char *user);
 void ftpp_login_pass(ftpp_sess *s, char *password);
 void ftpp_login_cleanup(ftpp_sess *s);
-void ftpp_login_connect_failed(ftpp_sess *s, const char *why);
-/* The backend's TCP connect completed: its greeting is due. */
-void ftpp_login_connected(ftpp_sess *s);
 void ftpp_login_backend_lost(ftpp_sess *s, const char *why);
 
 /* ftpp_backend.c */
-int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr);
+/* The backend control connection on `fd` (connected by dp_dial; ours from now on, also on
+ * failure). Returns 0 or a negative errno. */
+int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr);
 /* Send a command; `on_reply` gets each line of its reply. */
 void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

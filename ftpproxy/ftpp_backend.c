@@ -32,7 +32,8 @@ typedef struct breq {
 /* The backend connection failed: an error once logged in, the backend's fault before. */
 static void backend_gone(ftpp_sess *s)
 {
-    ftpp_sess_end_as(s, s->state == FTPP_ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
+    dp_session_end_as(&s->core,
+                      s->state == FTPP_ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
 }
 
 static void backend_write_done(uv_write_t *req, int status)
@@ -42,8 +43,8 @@ static void backend_write_done(uv_write_t *req, int status)
     if (br->secret)
         explicit_bzero(br->data, br->len);
     free(br);
-    if (status < 0 && status != UV_ECANCELED && !s->ended && s->state != FTPP_ST_CLOSING) {
-        dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED && !s->core.ended && s->state != FTPP_ST_CLOSING) {
+        dp_slog_warn(s->core.prefix, "backend write: %s", uv_strerror(status));
         backend_gone(s);
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
     }
@@ -73,10 +74,10 @@ static void pop_expect(ftpp_sess *s)
 static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *line,
                       bool secret)
 {
-    if (!s->backend_connected || s->ended)
+    if (!s->backend_connected || s->core.ended)
         return;
     if (s->npending >= FTPP_PENDING_MAX) {
-        dp_slog_error(s->prefix, "too many commands pending toward the backend");
+        dp_slog_error(s->core.prefix, "too many commands pending toward the backend");
         ftpp_sess_close(s, "421 Internal error.\r\n", "pending queue full");
         return;
     }
@@ -105,7 +106,7 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, cons
         if (secret)
             explicit_bzero(br->data, o);
         free(br);
-        dp_slog_warn(s->prefix, "backend write: %s", uv_strerror(rc));
+        dp_slog_warn(s->core.prefix, "backend write: %s", uv_strerror(rc));
         backend_gone(s);
         ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
         return;
@@ -190,7 +191,7 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
     /* RFC 959 §5.4: a server may send 421 at any time before closing. Anything else with
      * nothing pending is a backend bug; pass 421 on, log the rest. */
     if (rl->last && rl->code == 421) {
-        dp_slog_warn(s->prefix, "backend closing: %s", rl->text);
+        dp_slog_warn(s->core.prefix, "backend closing: %s", rl->text);
         backend_gone(s);
         if (s->state == FTPP_ST_LOGGED_IN) {
             relay_line(s, rl);
@@ -204,7 +205,7 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
     if (s->state == FTPP_ST_LOGGED_IN && rl->code != 0)
         relay_line(s, rl);
     else
-        dp_slog_warn(s->prefix, "unexpected backend reply line dropped: code=%d", rl->code);
+        dp_slog_warn(s->core.prefix, "unexpected backend reply line dropped: code=%d", rl->code);
 }
 
 static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
@@ -220,7 +221,7 @@ static void on_line(ftpp_sess *s, const ftpp_reply_line *rl)
      * multi-line reply counts as final too, or the session would wait forever. */
     bool final = rl->last && (rl->code >= 200 || rl->code == 0);
     if (rl->code == 0 && rl->first)
-        dp_slog_warn(s->prefix, "backend reply without a code (expected for %d)", (int)p.ex);
+        dp_slog_warn(s->core.prefix, "backend reply without a code (expected for %d)", (int)p.ex);
     if (final)
         pop_expect(s);
     if (p.on_reply != NULL)
@@ -238,9 +239,9 @@ static void backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void backend_lost(ftpp_sess *s, const char *why)
 {
-    if (s->ended || s->state == FTPP_ST_CLOSING)
+    if (s->core.ended || s->state == FTPP_ST_CLOSING)
         return;
-    dp_slog_warn(s->prefix, "backend control connection: %s", why);
+    dp_slog_warn(s->core.prefix, "backend control connection: %s", why);
     backend_gone(s);
     if (s->state == FTPP_ST_LOGGED_IN)
         ftpp_sess_close(s, "421 Service not available, remote server closed the connection.\r\n",
@@ -252,7 +253,7 @@ static void backend_lost(ftpp_sess *s, const char *why)
 static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     ftpp_sess *s = st->data;
-    if (n == 0 || s->ended)
+    if (n == 0 || s->core.ended)
         return;
     if (n < 0) {
         uv_read_stop(st);
@@ -261,14 +262,14 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         return;
     }
     size_t off = 0;
-    while (off < (size_t)n && !s->ended && s->state != FTPP_ST_CLOSING) {
+    while (off < (size_t)n && !s->core.ended && s->state != FTPP_ST_CLOSING) {
         ftpp_reply_line rl;
         bool got = false;
         off += ftpp_reply_feed(&s->rr, buf->base + off, (size_t)n - off, &rl, &got);
         if (got)
             on_line(s, &rl);
     }
-    if (!s->ended && s->state != FTPP_ST_CLOSING && s->backend_reading &&
+    if (!s->core.ended && s->state != FTPP_ST_CLOSING && s->backend_reading &&
         ftpp_sess_client_congested(s)) {
         uv_read_stop(st);
         s->backend_reading = false;
@@ -277,49 +278,35 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 void ftpp_backend_resume(ftpp_sess *s)
 {
-    if (!s->backend_connected || s->backend_reading || s->ended || s->state == FTPP_ST_CLOSING)
+    if (!s->backend_connected || s->backend_reading || s->core.ended || s->state == FTPP_ST_CLOSING)
         return;
     if (uv_read_start((uv_stream_t *)&s->backend, backend_alloc, backend_read) == 0)
         s->backend_reading = true;
 }
 
-/* ---- connect ---- */
+/* ---- the connection ---- */
 
-static void connected(uv_connect_t *req, int status)
+int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr)
 {
-    ftpp_sess *s = req->data;
-    if (s->ended || status == UV_ECANCELED)
-        return;
-    if (status < 0) {
-        ftpp_login_connect_failed(s, uv_strerror(status));
-        return;
-    }
-    s->backend_connected = true;
-    int fd = -1;
-    if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0) {
-        socklen_t ll = sizeof s->backend_local;
-        getsockname(fd, (struct sockaddr *)&s->backend_local, &ll);
-        dp_sock_tune(fd, ftpp_conf_of(s->w)->common.tcp_keepalive_s);
-    }
-    ftpp_login_connected(s); /* expects the greeting */
-    ftpp_backend_resume(s);
-}
-
-int ftpp_backend_open(ftpp_sess *s, const struct sockaddr *addr)
-{
-    uv_loop_t *loop = dp_worker_loop(s->w);
     memcpy(&s->backend_addr, addr, dp_sockaddr_len(addr));
-    int rc = uv_tcp_init(loop, &s->backend);
-    if (rc != 0)
+    int rc = uv_tcp_init(dp_worker_loop(s->core.w), &s->backend);
+    if (rc != 0) {
+        close(fd);
         return rc;
-    s->backend.data = s;
-    s->backend_open = true;
-    ftpp_sess_ref(s);
+    }
+    dp_session_own_handle(&s->core, (uv_handle_t *)&s->backend, &s->backend_open);
     ftpp_reply_init(&s->rr);
     s->npending = 0;
-    s->connect_req.data = s;
-    s->connect_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: to the 220 greeting */
-    return uv_tcp_connect(&s->connect_req, &s->backend, addr, connected);
+    rc = uv_tcp_open(&s->backend, fd);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    s->backend_connected = true;
+    socklen_t ll = sizeof s->backend_local;
+    getsockname(fd, (struct sockaddr *)&s->backend_local, &ll);
+    ftpp_backend_resume(s);
+    return 0;
 }
 
 void ftpp_backend_close(ftpp_sess *s)
@@ -329,7 +316,5 @@ void ftpp_backend_close(ftpp_sess *s)
     s->backend_reading = false;
     if (!s->backend_open)
         return;
-    s->backend_open = false;
-    s->backend.data = s;
-    uv_close((uv_handle_t *)&s->backend, ftpp_sess_handle_closed);
+    dp_session_close_handle(&s->core, (uv_handle_t *)&s->backend, &s->backend_open);
 }

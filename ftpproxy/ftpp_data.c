@@ -99,7 +99,7 @@ static void sock_closed(uv_handle_t *h)
     if (kp->k.fd >= 0)
         close(kp->k.fd);
     free(kp);
-    ftpp_sess_unref(s);
+    dp_session_unref(&s->core);
 }
 
 static void sock_close(ftpp_sock **kk)
@@ -166,9 +166,9 @@ static int sock_watch(ftpp_sess *s, int fd, bool listener, sock_cb cb, ftpp_sock
     kp->k.listener = listener;
     kp->s = s;
     kp->cb = cb;
-    uv_poll_init_socket(dp_worker_loop(s->w), &kp->k.poll, fd);
+    uv_poll_init_socket(dp_worker_loop(s->core.w), &kp->k.poll, fd);
     kp->k.poll.data = kp;
-    ftpp_sess_ref(s);
+    dp_session_ref(&s->core);
     uv_poll_start(&kp->k.poll, listener ? UV_READABLE : UV_WRITABLE, sock_event);
     *out = &kp->k;
     return 0;
@@ -243,8 +243,9 @@ static void log_refused(ftpp_sess *s, const struct sockaddr_storage *peer, const
 {
     char p[64], e[64];
     dp_sockaddr_format((const struct sockaddr *)peer, p, sizeof p);
-    dp_sockaddr_ip((const struct sockaddr *)&s->client_addr, e, sizeof e);
-    dp_log_event(DP_LOG_WARN, s->prefix, "data_refused", "what=%s peer=%s expected=%s", what, p, e);
+    dp_sockaddr_ip((const struct sockaddr *)&s->core.client, e, sizeof e);
+    dp_log_event(DP_LOG_WARN, s->core.prefix, "data_refused", "what=%s peer=%s expected=%s", what,
+                 p, e);
 }
 
 /* ---- the client's passive listener ---- */
@@ -262,14 +263,14 @@ static void drop_client_setup(ftpp_sess *s)
 static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 {
     if (status < 0) {
-        dp_slog_warn(s->prefix, "passive accept: %s", strerror(-status));
+        dp_slog_warn(s->core.prefix, "passive accept: %s", strerror(-status));
         sock_close(&s->pasv);
         if (s->xfer != NULL && s->xfer->state == FTPP_XS_CLIENT_LEG)
             xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
     struct sockaddr_storage peer = k->peer;
-    if (!same_ip(&peer, &s->client_addr)) {
+    if (!same_ip(&peer, &s->core.client)) {
         log_refused(s, &peer, "passive");
         close(fd);
         return; /* keep listening for the real client */
@@ -288,7 +289,7 @@ static void pasv_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
 
 void ftpp_data_cmd_pasv(ftpp_sess *s, bool extended, const char *arg)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     struct sockaddr_storage local = s->ctl_local;
     unmap(&local);
     if (extended) {
@@ -336,7 +337,7 @@ void ftpp_data_cmd_pasv(ftpp_sess *s, bool extended, const char *arg)
     uint16_t port = 0;
     int fd = listen_on(&local, cf->passive_port_min, cf->passive_port_max, &port);
     if (fd < 0) {
-        dp_slog_error(s->prefix, "passive listener in %d-%d: %s", cf->passive_port_min,
+        dp_slog_error(s->core.prefix, "passive listener in %d-%d: %s", cf->passive_port_min,
                       cf->passive_port_max, strerror(-fd));
         ftpp_sess_reply(s, "425 Can't open passive connection.");
         ftpp_sess_ready(s);
@@ -369,7 +370,7 @@ void ftpp_data_cmd_port(ftpp_sess *s, bool extended, const char *arg)
         ftpp_sess_reply(s, "522 Network protocol not supported, use (1,2).");
     } else if (rc != 0) {
         ftpp_sess_reply(s, "501 Syntax error in %s.", extended ? "EPRT" : "PORT");
-    } else if (!same_ip(&a, &s->client_addr) || dp_sockaddr_port((struct sockaddr *)&a) < 1024) {
+    } else if (!same_ip(&a, &s->core.client) || dp_sockaddr_port((struct sockaddr *)&a) < 1024) {
         /* RFC 2577 §3: only back to the client itself, never to a privileged port. */
         log_refused(s, &a, extended ? "EPRT" : "PORT");
         ftpp_sess_reply(s, "500 Illegal %s command.", extended ? "EPRT" : "PORT");
@@ -393,7 +394,7 @@ static void pump_freed(ftpp_pump *p)
 {
     ftpp_sess *s = p->data;
     free(p);
-    ftpp_sess_unref(s);
+    dp_session_unref(&s->core);
 }
 
 static void xfer_close_legs(ftpp_xfer *x)
@@ -419,8 +420,8 @@ static void xfer_log(ftpp_sess *s, ftpp_xfer *x, int code)
     dp_log_event(DP_LOG_INFO, NULL, "transfer",
                  "sid=%s user=%s backend=%s cmd=%s file=%s direction=%s bytes=%llu "
                  "duration_ms=%llu result=%d",
-                 s->sid, dp_logq(user, sizeof user, s->user), s->route.backend, x->cmd,
-                 dp_logq(file, sizeof file, arg != NULL ? arg + 1 : "-"), dir_name(x->dir),
+                 s->core.sid, dp_logq(user, sizeof user, s->core.user), s->core.route.backend,
+                 x->cmd, dp_logq(file, sizeof file, arg != NULL ? arg + 1 : "-"), dir_name(x->dir),
                  (unsigned long long)x->bytes, (unsigned long long)(dp_now_ms() - x->started_ms),
                  code);
 }
@@ -445,9 +446,9 @@ static void xfer_finish(ftpp_sess *s, int code, bool ready)
     if (s->dmode == FTPP_DM_NONE)
         drop_client_setup(s);
     if (x->dir == FTPP_XD_UP)
-        s->bytes_in += x->bytes;
+        s->core.bytes_in += x->bytes;
     else
-        s->bytes_out += x->bytes;
+        s->core.bytes_out += x->bytes;
     xfer_log(s, x, code);
     dp_metrics_ftp_transfer(xfer_metric_dir(x), x->state == FTPP_XS_ABORTED ? DP_XFER_ABORTED
                                                 : code / 100 == 2           ? DP_XFER_OK
@@ -498,7 +499,7 @@ static void pump_done(ftpp_pump *p, int status)
         snprintf(what, sizeof what, "%s leg: %s",
                  (p->failed_side == 1) == (x->dir == FTPP_XD_UP) ? "client" : "backend",
                  strerror(-status));
-        dp_slog_info(s->prefix, "transfer relay ended: %s", what);
+        dp_slog_info(s->core.prefix, "transfer relay ended: %s", what);
     }
     /* Close both legs now: the destination has its EOF, and on failure the other side
      * must learn it too (a backend writing RETR data gets its 426 this way). */
@@ -517,12 +518,12 @@ static void set_sndbuf(ftpp_sess *s, int fd, int bytes)
     socklen_t len = sizeof got;
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) != 0 ||
         getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) {
-        dp_slog_warn(s->prefix, "ftp.data_sndbuf: %s", strerror(errno));
+        dp_slog_warn(s->core.prefix, "ftp.data_sndbuf: %s", strerror(errno));
         return;
     }
     /* The kernel doubles the request (bookkeeping) and caps it at net.core.wmem_max. */
     if (got / 2 < bytes && atomic_exchange(&capped_logged, bytes) != bytes)
-        dp_slog_warn(s->prefix,
+        dp_slog_warn(s->core.prefix,
                      "ftp.data_sndbuf %d is capped to %d by net.core.wmem_max; raise the "
                      "sysctl or set the key to 0 (autotuning)",
                      bytes, got / 2);
@@ -531,7 +532,7 @@ static void set_sndbuf(ftpp_sess *s, int fd, int bytes)
 static void start_pump(ftpp_sess *s)
 {
     ftpp_xfer *x = s->xfer;
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     ftpp_pump *p = calloc(1, sizeof *p);
     if (p == NULL) {
         ftpp_sess_close(s, "421 Out of memory.\r\n", "out of memory");
@@ -543,15 +544,15 @@ static void start_pump(ftpp_sess *s)
     x->cfd = x->bfd = -1;
     if (cf->data_sndbuf > 0)
         set_sndbuf(s, dst, cf->data_sndbuf);
-    ftpp_sess_ref(s);
-    int rc =
-        ftpp_pump_start(p, dp_worker_loop(s->w), src, dst, (size_t)cf->transfer_buffer, pump_done);
+    dp_session_ref(&s->core);
+    int rc = ftpp_pump_start(p, dp_worker_loop(s->core.w), src, dst, (size_t)cf->transfer_buffer,
+                             pump_done);
     if (rc != 0) {
         free(p);
-        ftpp_sess_unref(s);
+        dp_session_unref(&s->core);
         x->pump_done = true;
         x->pump_status = rc;
-        dp_slog_error(s->prefix, "transfer relay: %s", strerror(-rc));
+        dp_slog_error(s->core.prefix, "transfer relay: %s", strerror(-rc));
         return;
     }
     x->pump = p;
@@ -562,7 +563,7 @@ static void data_expired(ftpp_sess *s)
     ftpp_xfer *x = s->xfer;
     if (x == NULL)
         return;
-    dp_slog_warn(s->prefix, "data connection not established within ftp.data_timeout_ms (%s)",
+    dp_slog_warn(s->core.prefix, "data connection not established within ftp.data_timeout_ms (%s)",
                  x->state == FTPP_XS_CLIENT_LEG ? "client" : "backend");
     if (x->state == FTPP_XS_COMMAND) {
         /* The backend has the command; it fails its side on its own (425) once our
@@ -589,11 +590,11 @@ static void leg_connected(ftpp_sess *s, int fd, int status, bool client)
     if (status < 0) {
         char a[64];
         if (client)
-            dp_slog_info(s->prefix, "active data connection to %s: %s",
+            dp_slog_info(s->core.prefix, "active data connection to %s: %s",
                          dp_sockaddr_format((struct sockaddr *)&s->active_addr, a, sizeof a),
                          strerror(-status));
         else
-            dp_slog_warn(s->prefix, "backend data connection: %s", strerror(-status));
+            dp_slog_warn(s->core.prefix, "backend data connection: %s", strerror(-status));
         xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
@@ -626,7 +627,8 @@ static void backend_accepted(ftpp_sess *s, ftpp_sock *k, int fd, int status)
         return;
     }
     if (status < 0) {
-        dp_slog_warn(s->prefix, "accepting the backend's data connection: %s", strerror(-status));
+        dp_slog_warn(s->core.prefix, "accepting the backend's data connection: %s",
+                     strerror(-status));
         data_expired(s); /* the same end as a backend that never connects */
         return;
     }
@@ -680,7 +682,7 @@ static void send_backend_port(ftpp_sess *s)
 static void xfer_step(ftpp_sess *s)
 {
     ftpp_xfer *x = s->xfer;
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     if (x == NULL)
         return;
     if (x->state == FTPP_XS_CLIENT_LEG) {
@@ -703,7 +705,7 @@ static void xfer_step(ftpp_sess *s)
 
 void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char *line)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     if (s->dmode == FTPP_DM_NONE) {
         ftpp_sess_reply(s, "425 Use PORT or PASV first.");
         ftpp_sess_ready(s);
@@ -752,7 +754,7 @@ void ftpp_data_cmd_transfer(ftpp_sess *s, const char *verb, ftpp_xdir dir, char 
 
 static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     ftpp_xfer *x = s->xfer;
     if (x == NULL || x->state != FTPP_XS_BACKEND_PASV)
         return;
@@ -762,7 +764,7 @@ static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
     if (rl->code == 229) {
         uint16_t port;
         if (ftpp_parse_229(text, &port) != 0) {
-            dp_slog_warn(s->prefix, "backend 229 not understood");
+            dp_slog_warn(s->core.prefix, "backend 229 not understood");
             xfer_fail_local(s, "425 Can't open data connection.");
             return;
         }
@@ -770,7 +772,7 @@ static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
     } else if (rl->code == 227) {
         struct sockaddr_storage adv;
         if (ftpp_parse_227(text, &adv) != 0) {
-            dp_slog_warn(s->prefix, "backend 227 not understood");
+            dp_slog_warn(s->core.prefix, "backend 227 not understood");
             xfer_fail_local(s, "425 Can't open data connection.");
             return;
         }
@@ -785,14 +787,14 @@ static void pasv_reply(ftpp_sess *s, const ftpp_reply_line *rl)
         send_backend_pasv(s);
         return;
     } else {
-        dp_slog_warn(s->prefix, "backend refused passive mode: %d", rl->code);
+        dp_slog_warn(s->core.prefix, "backend refused passive mode: %d", rl->code);
         xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
     x->state = FTPP_XS_BACKEND_CONN;
     int fd = connect_to(&to, NULL);
     if (fd < 0 || sock_watch(s, fd, false, backend_connected, &x->bsock) != 0) {
-        dp_slog_warn(s->prefix, "backend data connect: %s", strerror(fd < 0 ? -fd : ENOMEM));
+        dp_slog_warn(s->core.prefix, "backend data connect: %s", strerror(fd < 0 ? -fd : ENOMEM));
         xfer_fail_local(s, "425 Can't open data connection.");
         return;
     }
@@ -816,7 +818,7 @@ static void port_reply(ftpp_sess *s, const ftpp_reply_line *rl)
         send_backend_port(s);
         return;
     }
-    dp_slog_warn(s->prefix, "backend refused active mode: %d", rl->code);
+    dp_slog_warn(s->core.prefix, "backend refused active mode: %d", rl->code);
     xfer_fail_local(s, "425 Can't open data connection.");
 }
 

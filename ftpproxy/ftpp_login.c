@@ -9,9 +9,7 @@
  * not available, closing), never a 530, so a customer never believes the password is wrong
  * while a server is down.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +20,10 @@
 
 static void fail_421(ftpp_sess *s, const char *client_text, const char *why)
 {
-    ftpp_sess_end_as(s, DP_SESS_UNAVAILABLE);
+    dp_session_end_as(&s->core, DP_SESS_UNAVAILABLE);
     char reason[200];
     /* the prefix names the user and, once routed, the backend */
-    dp_log_event(DP_LOG_WARN, s->prefix, "backend_fail", "reason=%s",
+    dp_log_event(DP_LOG_WARN, s->core.prefix, "backend_fail", "reason=%s",
                  dp_logq(reason, sizeof reason, why));
     char line[400];
     snprintf(line, sizeof line, "421 %s\r\n", client_text);
@@ -37,11 +35,11 @@ static void reset_attempt(ftpp_sess *s)
 {
     ftpp_login_cleanup(s);
     ftpp_backend_close(s);
-    s->route_ok = false;
+    s->core.route_known = false;
     s->unknown_user = false;
     s->backend_no_pass = false;
     s->host_sent = s->opts_sent = false;
-    memset(&s->route, 0, sizeof s->route);
+    memset(&s->core.route, 0, sizeof s->core.route);
 }
 
 static void reply_331(ftpp_sess *s)
@@ -49,7 +47,7 @@ static void reply_331(ftpp_sess *s)
     ftpp_sess_op_timer_stop(s);
     s->state = FTPP_ST_NEED_PASS;
     ftpp_sess_login_clock(s, true);
-    ftpp_sess_reply(s, "331 %s", ftpp_conf_of(s->w)->password_prompt);
+    ftpp_sess_reply(s, "331 %s", ftpp_conf_of(s->core.w)->password_prompt);
     ftpp_sess_ready(s);
 }
 
@@ -77,12 +75,14 @@ static void reply_expired(ftpp_sess *s)
 /* A reply from the backend is due: its deadline runs from now. */
 static void await_backend(ftpp_sess *s)
 {
-    ftpp_sess_op_timer(s, (uint64_t)ftpp_conf_of(s->w)->backend_reply_timeout_ms, reply_expired);
+    ftpp_sess_op_timer(s, (uint64_t)ftpp_conf_of(s->core.w)->backend_reply_timeout_ms,
+                       reply_expired);
 }
 
 static void login_line(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 
-void ftpp_login_connected(ftpp_sess *s)
+/* The backend's TCP connection is up: its greeting is due. */
+static void backend_connected(ftpp_sess *s)
 {
     ftpp_backend_expect(s, FTPP_EX_GREETING, login_line);
     s->state = FTPP_ST_GREETING;
@@ -103,21 +103,9 @@ static void login_next(ftpp_sess *s)
         ftpp_backend_send_line(s, FTPP_EX_OPTS, login_line, "OPTS UTF8 ON");
     } else {
         ftpp_backend_send(s, FTPP_EX_USER, login_line, "USER %s",
-                          s->route.backend_user[0] ? s->route.backend_user : s->user);
+                          s->core.route.backend_user[0] ? s->core.route.backend_user
+                                                        : s->core.user);
     }
-}
-
-static void connect_expired(ftpp_sess *s)
-{
-    fail_421(s, "Service not available: the server did not answer in time.",
-             "backend connect timeout");
-}
-
-void ftpp_login_connect_failed(ftpp_sess *s, const char *why)
-{
-    char reason[200];
-    snprintf(reason, sizeof reason, "backend connect: %s", why);
-    fail_421(s, "Service not available: cannot reach the server.", reason);
 }
 
 void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
@@ -127,79 +115,43 @@ void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
     fail_421(s, "Service not available, remote server closed the connection.", reason);
 }
 
-static void start_connect(ftpp_sess *s, const struct sockaddr *addr)
+static void dialed(void *arg, const dp_dial_result *r)
 {
-    s->state = FTPP_ST_CONNECTING;
-    int rc = ftpp_backend_open(s, addr);
-    if (rc != 0)
-        ftpp_login_connect_failed(s, uv_strerror(rc));
-}
-
-static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    ftpp_gai *g = req->data;
-    ftpp_sess *s = g->s;
-    bool stale = g->stale;
-    free(g);
-    if (stale || s->ended || s->state == FTPP_ST_CLOSING) {
-        uv_freeaddrinfo(res);
-        ftpp_sess_unref(s);
+    ftpp_sess *s = arg;
+    s->dial = NULL;
+    s->connect_ns = r->connect_ns; /* dynproxy_backend_connect_seconds: to the 220 greeting */
+    if (r->status == -ETIMEDOUT) {
+        fail_421(s, "Service not available: the server did not answer in time.",
+                 "backend connect timeout");
         return;
     }
-    s->gai = NULL;
-    if (status < 0 || res == NULL) {
-        char why[400];
-        snprintf(why, sizeof why, "resolve %s: %s", s->route.address, uv_strerror(status));
-        fail_421(s, "Service not available: cannot reach the server.", why);
-    } else {
-        struct sockaddr_storage a;
-        memcpy(&a, res->ai_addr, res->ai_addrlen);
-        start_connect(s, (struct sockaddr *)&a);
+    int rc = r->status == 0 ? ftpp_backend_open(s, r->fd, (const struct sockaddr *)&r->peer) : 0;
+    if (r->status != 0 || rc != 0) {
+        char reason[400];
+        snprintf(reason, sizeof reason, "backend connect: %s",
+                 r->status != 0 ? r->error : uv_strerror(rc));
+        fail_421(s, "Service not available: cannot reach the server.", reason);
+        return;
     }
-    uv_freeaddrinfo(res);
-    ftpp_sess_unref(s);
+    backend_connected(s);
 }
 
+/* The route is known: dial the backend (the connect deadline covers a name's resolution). */
 static void route_ready(ftpp_sess *s)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
-    uint16_t port = s->route.ftp_port ? s->route.ftp_port : 21;
-    struct sockaddr_storage a;
-    memset(&a, 0, sizeof a);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&a;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
-    ftpp_sess_op_timer(s, (uint64_t)cf->connect_timeout_ms, connect_expired);
-    if (inet_pton(AF_INET, s->route.address, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(port);
-        start_connect(s, (struct sockaddr *)&a);
-    } else if (inet_pton(AF_INET6, s->route.address, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(port);
-        start_connect(s, (struct sockaddr *)&a);
-    } else {
-        /* A host name: getaddrinfo blocks, so it runs on the threadpool (uv_getaddrinfo);
-         * the connect deadline covers it too. */
-        char svc[8];
-        snprintf(svc, sizeof svc, "%u", port);
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-        s->state = FTPP_ST_CONNECTING;
-        ftpp_gai *g = calloc(1, sizeof *g);
-        if (g == NULL) {
-            ftpp_login_connect_failed(s, "out of memory");
-            return;
-        }
-        g->s = s;
-        g->req.data = g;
-        int rc =
-            uv_getaddrinfo(dp_worker_loop(s->w), &g->req, resolved, s->route.address, svc, &hints);
-        if (rc != 0) {
-            free(g);
-            ftpp_login_connect_failed(s, uv_strerror(rc));
-            return;
-        }
-        ftpp_sess_ref(s);
-        s->gai = g;
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
+    dp_dial_opts o = {
+        .address = s->core.route.address,
+        .port = s->core.route.ftp_port ? s->core.route.ftp_port : 21,
+        .timeout_ms = cf->connect_timeout_ms,
+        .keepalive_s = cf->common.tcp_keepalive_s,
+    };
+    s->state = FTPP_ST_CONNECTING;
+    int rc = dp_dial_start(&s->dial, dp_worker_loop(s->core.w), &o, dialed, s);
+    if (rc != 0) {
+        char reason[200];
+        snprintf(reason, sizeof reason, "backend connect: %s", uv_strerror(rc));
+        fail_421(s, "Service not available: cannot reach the server.", reason);
     }
 }
 
@@ -207,15 +159,12 @@ static void looked_up(dp_route_lookup *lk, const dph_route *route, dp_cache_resu
 {
     ftpp_sess *s = lk->data;
     s->lookup_pending = false;
-    if (s->ended || s->state == FTPP_ST_CLOSING)
+    if (s->core.ended || s->state == FTPP_ST_CLOSING)
         return;
     char msg[DPH_MESSAGE_MAX + 40];
     switch (route->status) {
     case DPH_ROUTE_OK:
-        s->route = *route;
-        s->route_ok = true;
-        snprintf(s->prefix, sizeof s->prefix, "sid=%s client=%s user=%s backend=%s", s->sid,
-                 s->client_text, s->user, s->route.backend);
+        dp_session_set_route(&s->core, route);
         route_ready(s);
         return;
     case DPH_ROUTE_UNKNOWN_USER:
@@ -226,8 +175,7 @@ static void looked_up(dp_route_lookup *lk, const dph_route *route, dp_cache_resu
         snprintf(msg, sizeof msg, "%s",
                  route->message[0] ? route->message
                                    : "Service not available: the server is under maintenance.");
-        s->route = *route;
-        s->route_ok = true;
+        dp_session_set_route(&s->core, route);
         fail_421(s, msg, "backend in maintenance");
         return;
     case DPH_ROUTE_TEMPFAIL:
@@ -241,10 +189,8 @@ static void looked_up(dp_route_lookup *lk, const dph_route *route, dp_cache_resu
 void ftpp_login_user(ftpp_sess *s, const char *user)
 {
     reset_attempt(s);
-    snprintf(s->user, sizeof s->user, "%s", user);
-    snprintf(s->prefix, sizeof s->prefix, "sid=%s client=%s user=%s", s->sid, s->client_text,
-             s->user);
-    if (strlen(user) >= sizeof s->user) {
+    dp_session_set_user(&s->core, user);
+    if (strlen(user) >= sizeof s->core.user) {
         s->unknown_user = true; /* no route can have this name */
         reply_331(s);
         return;
@@ -252,8 +198,8 @@ void ftpp_login_user(ftpp_sess *s, const char *user)
     s->state = FTPP_ST_LOOKUP;
     ftpp_sess_login_clock(s, false);
     s->lookup.data = s;
-    int rc = dp_route_cache_lookup(dp_daemon_worker_cache(s->w), &s->lookup, s->user,
-                                   (struct sockaddr *)&s->client_addr, DPH_PROTO_FTP, looked_up);
+    int rc = dp_route_cache_lookup(dp_daemon_worker_cache(s->core.w), &s->lookup, s->core.user,
+                                   (struct sockaddr *)&s->core.client, DPH_PROTO_FTP, looked_up);
     if (rc == -EINVAL) {
         s->unknown_user = true;
         reply_331(s);
@@ -270,16 +216,16 @@ void ftpp_login_user(ftpp_sess *s, const char *user)
 
 static void login_failed(ftpp_sess *s, const char *why)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
-    dp_log_event(DP_LOG_INFO, s->prefix, "login_fail", "reason=%s", why);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
+    dp_log_event(DP_LOG_INFO, s->core.prefix, "login_fail", "reason=%s", why);
     dp_metrics_auth_failure(DP_AUTHM_PASSWORD, strcmp(why, "unknown_user") == 0
                                                    ? DP_AUTHR_UNKNOWN_USER
                                                    : DP_AUTHR_WRONG_PASSWORD);
-    s->login_failures++;
+    s->core.auth_failures++;
     reset_attempt(s);
     s->state = FTPP_ST_PRELOGIN;
     ftpp_sess_login_clock(s, true);
-    if (s->login_failures >= cf->max_login_attempts) {
+    if (s->core.auth_failures >= cf->max_login_attempts) {
         /* 421: the client learns the connection ends, not that this password was wrong
          * (the same for known and unknown users). */
         ftpp_sess_close(s, "421 Too many failed login attempts.\r\n", "too many failed logins");
@@ -296,7 +242,7 @@ static void unknown_delay_expired(ftpp_sess *s)
 
 void ftpp_login_pass(ftpp_sess *s, char *password)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     s->state = FTPP_ST_PASS;
     ftpp_sess_login_clock(s, false);
     if (s->unknown_user) {
@@ -424,12 +370,7 @@ void ftpp_login_cleanup(ftpp_sess *s)
         dp_route_cache_cancel(&s->lookup);
         s->lookup_pending = false;
     }
-    if (s->gai != NULL) {
-        /* Its callback still runs (cancelled or not) and frees it; it only drops the
-         * answer, which belongs to an attempt that is over. */
-        s->gai->stale = true;
-        uv_cancel((uv_req_t *)&s->gai->req);
-        s->gai = NULL;
-    }
+    dp_dial_cancel(s->dial); /* an attempt that is over: its answer is not wanted */
+    s->dial = NULL;
     ftpp_sess_op_timer_stop(s);
 }

@@ -139,25 +139,12 @@ static void ftpp_accept(dp_worker *w, const dp_conn_info *ci)
     ftpp_sess_accept(ftpp_worker_of(w), ci);
 }
 
-static void ftpp_stop(dp_worker *w)
-{
-    ftpp_worker *fw = ftpp_worker_of(w);
-    if (fw == NULL)
-        return;
-    /* Each session sends its 421 and closes; its memory goes when its handles have closed,
-     * so take `next` first. */
-    for (ftpp_sess *s = fw->sessions, *next; s != NULL; s = next) {
-        next = s->next;
-        ftpp_sess_kick(s, "Service shutting down.", NULL);
-    }
-}
-
 static void ftpp_fini(dp_worker *w)
 {
     free(ftpp_worker_of(w));
 }
 
-static const dp_worker_ops ftpp_ops = {ftpp_start, ftpp_accept, ftpp_stop, ftpp_fini};
+static const dp_worker_ops ftpp_ops = {ftpp_start, ftpp_accept, NULL, ftpp_fini};
 
 static const dp_daemon_def ftpp_def = {
     .name = "ftpproxy",
@@ -166,7 +153,6 @@ static const dp_daemon_def ftpp_def = {
     .conf_size = sizeof(ftpp_conf),
     .check = ftpp_check,
     .ops = &ftpp_ops,
-    .sessions = ftpp_sess_list,
 };
 
 int main(int argc, char **argv)

@@ -9,14 +9,12 @@
  * a transfer ABOR and STAT are served at once (RFC 959 §4.1.3); anything else waits.
  */
 #include <errno.h>
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "dp_log.h"
@@ -35,50 +33,9 @@ static void sess_end(ftpp_sess *s);
 
 /* ---- handles ---- */
 
-void ftpp_sess_ref(ftpp_sess *s)
-{
-    s->open_handles++;
-}
-
-static void maybe_free(ftpp_sess *s)
-{
-    if (!s->ended || s->open_handles > 0)
-        return;
-    ftpp_worker *fw = s->fw;
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        fw->sessions = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
-    fw->nsessions--;
-    free(s->held_line);
-    free(s->rtext);
-    free(s);
-    /* glibc keeps freed session memory in its arenas; when a worker has no session left
-     * (after a burst, at night), give it back so RSS returns to the idle figure. */
-    if (fw->nsessions == 0)
-        malloc_trim(0);
-}
-
-void ftpp_sess_unref(ftpp_sess *s)
-{
-    s->open_handles--;
-    maybe_free(s);
-}
-
-void ftpp_sess_handle_closed(uv_handle_t *h)
-{
-    ftpp_sess_unref(h->data);
-}
-
 static void close_handle(ftpp_sess *s, uv_handle_t *h, bool *open)
 {
-    if (!*open)
-        return;
-    *open = false;
-    h->data = s;
-    uv_close(h, ftpp_sess_handle_closed);
+    dp_session_close_handle(&s->core, h, open);
 }
 
 /* ---- writing replies ---- */
@@ -94,8 +51,8 @@ static void client_write_done(uv_write_t *req, int status)
     wreq *wr = (wreq *)req;
     ftpp_sess *s = wr->s;
     free(wr);
-    if (status < 0 && status != UV_ECANCELED && s->reason[0] == '\0')
-        snprintf(s->reason, sizeof s->reason, "client write: %s", uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED && s->core.reason[0] == '\0')
+        snprintf(s->core.reason, sizeof s->core.reason, "client write: %s", uv_strerror(status));
     if (s->state == FTPP_ST_CLOSING) {
         if (s->client_open && uv_stream_get_write_queue_size((uv_stream_t *)&s->client) == 0)
             sess_end(s);
@@ -115,11 +72,11 @@ static void client_write_done(uv_write_t *req, int status)
 static void write_client(ftpp_sess *s, const char *a, size_t alen, const char *b, size_t blen)
 {
     size_t len = alen + blen;
-    if (!s->client_open || s->ended || len == 0)
+    if (!s->client_open || s->core.ended || len == 0)
         return;
     wreq *wr = malloc(sizeof *wr + len);
     if (wr == NULL) {
-        snprintf(s->reason, sizeof s->reason, "out of memory");
+        snprintf(s->core.reason, sizeof s->core.reason, "out of memory");
         sess_end(s);
         return;
     }
@@ -131,12 +88,12 @@ static void write_client(ftpp_sess *s, const char *a, size_t alen, const char *b
     int rc = uv_write(&wr->req, (uv_stream_t *)&s->client, &buf, 1, client_write_done);
     if (rc < 0) {
         free(wr);
-        if (s->reason[0] == '\0')
-            snprintf(s->reason, sizeof s->reason, "client write: %s", uv_strerror(rc));
+        if (s->core.reason[0] == '\0')
+            snprintf(s->core.reason, sizeof s->core.reason, "client write: %s", uv_strerror(rc));
         sess_end(s);
         return;
     }
-    s->bytes_out += len;
+    s->core.bytes_out += len;
 }
 
 void ftpp_sess_reply_raw(ftpp_sess *s, const char *data, size_t len)
@@ -178,11 +135,11 @@ static void arm_main_timer(ftpp_sess *s, uint64_t ms);
 static void main_timer_fired(uv_timer_t *t)
 {
     ftpp_sess *s = t->data;
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     if (s->state == FTPP_ST_CLOSING)
         return;
     if (s->state != FTPP_ST_LOGGED_IN) {
-        ftpp_sess_end_as(s, DP_SESS_TIMEOUT);
+        dp_session_end_as(&s->core, DP_SESS_TIMEOUT);
         ftpp_sess_close(s, "421 Login timeout.\r\n", "login timeout");
         return;
     }
@@ -191,7 +148,7 @@ static void main_timer_fired(uv_timer_t *t)
         arm_main_timer(s, idle - since);
         return;
     }
-    ftpp_sess_end_as(s, DP_SESS_TIMEOUT);
+    dp_session_end_as(&s->core, DP_SESS_TIMEOUT);
     ftpp_sess_close(s, "421 Timeout.\r\n", "idle timeout");
 }
 
@@ -241,45 +198,13 @@ void ftpp_sess_op_timer_stop(ftpp_sess *s)
 
 /* ---- the end ---- */
 
-static void notify_hook(ftpp_sess *s, bool end)
+/* dp_session_ops.teardown: after the accounting of dp_session_end. */
+static void teardown(dp_session *core)
 {
-    dph_session hs = {
-        .struct_size = sizeof hs,
-        .id = s->sid,
-        .user = s->user,
-        .client_ip = s->client_text,
-        .backend = s->route.backend,
-        .proto = DPH_PROTO_FTP,
-        .started_unix_ms = s->started_unix_ms,
-        .bytes_in = s->bytes_in,
-        .bytes_out = s->bytes_out,
-        .end_reason = end ? s->reason : NULL,
-    };
-    dp_hook_session_event(dp_daemon_worker_hook(s->w), dp_worker_loop(s->w), &hs, end);
-}
-
-static void sess_end(ftpp_sess *s)
-{
-    if (s->ended)
-        return;
-    s->ended = true;
+    ftpp_sess *s = (ftpp_sess *)core;
     s->state = FTPP_ST_CLOSING;
-    char user[160], backend[100], reason[200];
-    dp_log_event(DP_LOG_INFO, NULL, "session_end",
-                 "sid=%s user=%s client=%s backend=%s bytes_in=%llu bytes_out=%llu "
-                 "duration_ms=%llu reason=%s",
-                 s->sid, dp_logq(user, sizeof user, s->user[0] ? s->user : "-"), s->client_text,
-                 dp_logq(backend, sizeof backend,
-                         s->route_ok && s->route.backend[0] ? s->route.backend : "-"),
-                 (unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out,
-                 (unsigned long long)(dp_now_ms() - s->started_ms),
-                 dp_logq(reason, sizeof reason, s->reason[0] ? s->reason : "closed"));
-    if (s->logged_start)
-        notify_hook(s, true);
-    dp_metrics_bytes(s->bytes_in, s->bytes_out);
-    dp_daemon_session_closed(s->w, ftpp_sess_result(s));
     if (s->slot_held) {
-        dp_slots_release(&sessions_slots, (struct sockaddr *)&s->client_addr);
+        dp_slots_release(&sessions_slots, (struct sockaddr *)&s->core.client);
         s->slot_held = false;
     }
     ftpp_data_cleanup(s);
@@ -288,25 +213,37 @@ static void sess_end(ftpp_sess *s)
     close_handle(s, (uv_handle_t *)&s->client, &s->client_open);
     close_handle(s, (uv_handle_t *)&s->timer, &s->timer_open);
     close_handle(s, (uv_handle_t *)&s->op_timer, &s->op_timer_open);
-    maybe_free(s);
+}
+
+static void sess_free(dp_session *core)
+{
+    ftpp_sess *s = (ftpp_sess *)core;
+    free(s->held_line);
+    free(s->rtext);
+    free(s);
+}
+
+static void sess_end(ftpp_sess *s)
+{
+    dp_session_end(&s->core);
 }
 
 static void close_flush_expired(ftpp_sess *s)
 {
-    if (s->reason[0] == '\0')
-        snprintf(s->reason, sizeof s->reason, "client did not read the last reply");
+    if (s->core.reason[0] == '\0')
+        snprintf(s->core.reason, sizeof s->core.reason, "client did not read the last reply");
     sess_end(s);
 }
 
 void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason)
 {
-    if (s->ended || s->state == FTPP_ST_CLOSING)
+    if (s->core.ended || s->state == FTPP_ST_CLOSING)
         return;
-    if (reason != NULL && s->reason[0] == '\0')
-        snprintf(s->reason, sizeof s->reason, "%s", reason);
+    if (reason != NULL && s->core.reason[0] == '\0')
+        snprintf(s->core.reason, sizeof s->core.reason, "%s", reason);
     if (line != NULL)
         ftpp_sess_reply_raw(s, line, strlen(line));
-    if (s->ended)
+    if (s->core.ended)
         return;
     s->state = FTPP_ST_CLOSING;
     ftpp_data_cleanup(s);
@@ -327,8 +264,15 @@ void ftpp_sess_kick(ftpp_sess *s, const char *message, const char *reason)
 {
     char line[300];
     snprintf(line, sizeof line, "421 %s\r\n", message);
-    ftpp_sess_end_as(s, DP_SESS_KICKED);
+    dp_session_end_as(&s->core, DP_SESS_KICKED);
     ftpp_sess_close(s, line, reason != NULL ? reason : message);
+}
+
+static void kick(dp_session *core, const char *message, const char *reason)
+{
+    ftpp_sess *s = (ftpp_sess *)core;
+    if (s->state != FTPP_ST_CLOSING)
+        ftpp_sess_kick(s, message, reason);
 }
 
 static const char *const state_names[] = {
@@ -343,46 +287,34 @@ static const char *const state_names[] = {
     [FTPP_ST_CLOSING] = "closing",
 };
 
-/* dp_daemon_def.sessions: list (and kick) this worker's sessions. */
-void ftpp_sess_list(dp_worker *w, const dp_session_filter *f, const char *kick,
-                    dp_session_list *out)
+static const char *state_name(const dp_session *core)
 {
-    ftpp_worker *fw = ftpp_worker_of(w);
-    for (ftpp_sess *s = fw != NULL ? fw->sessions : NULL, *next; s != NULL; s = next) {
-        next = s->next; /* a kicked session's memory goes later, but do not rely on it */
-        if (s->ended)
-            continue;
-        uint64_t in = s->bytes_in, out_bytes = s->bytes_out;
-        const ftpp_xfer *x = s->xfer;
-        if (x != NULL) {
-            uint64_t moving = x->pump != NULL ? x->pump->bytes : 0;
-            if (x->dir == FTPP_XD_UP)
-                in += moving;
-            else
-                out_bytes += moving;
-        }
-        dp_session_view v = {
-            .id = s->sid,
-            .proto = "ftp",
-            .user = s->user,
-            .client = s->client_text,
-            .backend = s->route_ok ? s->route.backend : NULL,
-            .state =
-                x != NULL && s->state == FTPP_ST_LOGGED_IN ? "transfer" : state_names[s->state],
-            .started_unix_ms = s->started_unix_ms,
-            .bytes_in = in,
-            .bytes_out = out_bytes,
-        };
-        if (!dp_session_match(f, &v))
-            continue;
-        dp_session_list_add(out, &v);
-        if (kick != NULL && s->state != FTPP_ST_CLOSING) {
-            char reason[sizeof s->reason];
-            snprintf(reason, sizeof reason, "kicked: %s", kick);
-            ftpp_sess_kick(s, kick, reason);
-        }
-    }
+    const ftpp_sess *s = (const ftpp_sess *)core;
+    return s->xfer != NULL && s->state == FTPP_ST_LOGGED_IN ? "transfer" : state_names[s->state];
 }
+
+/* A running transfer's bytes are added to the session's when it ends. */
+static void live_bytes(const dp_session *core, uint64_t *in, uint64_t *out)
+{
+    const ftpp_xfer *x = ((const ftpp_sess *)core)->xfer;
+    uint64_t moving = x != NULL && x->pump != NULL ? x->pump->bytes : 0;
+    if (x != NULL && x->dir == FTPP_XD_UP)
+        *in = moving;
+    else
+        *out = moving;
+}
+
+static const dp_session_ops ftpp_session_ops = {
+    .proto = DPH_PROTO_FTP,
+    .proto_name = "ftp",
+    .log_every_end = true,
+    .shutdown_message = "Service shutting down.",
+    .state = state_name,
+    .live_bytes = live_bytes,
+    .kick = kick,
+    .teardown = teardown,
+    .free = sess_free,
+};
 
 /* ---- commands before login ---- */
 
@@ -542,7 +474,7 @@ static void dispatch_line(ftpp_sess *s, char *line)
         return;
     }
     bool secret = strcmp(verb, "PASS") == 0;
-    dp_slog_debug(s->prefix, "command %s%s", verb, secret ? " ****" : "");
+    dp_slog_debug(s->core.prefix, "command %s%s", verb, secret ? " ****" : "");
     if (ftpp_data_busy(s)) {
         if (!dispatch_during_transfer(s, verb, line))
             s->busy = true;
@@ -563,7 +495,7 @@ static void process_input(ftpp_sess *s)
     if (s->in_process)
         return;
     s->in_process = true;
-    for (int guard = 0; guard < 1024 && !s->busy && !s->ended && s->state != FTPP_ST_CLOSING;
+    for (int guard = 0; guard < 1024 && !s->busy && !s->core.ended && s->state != FTPP_ST_CLOSING;
          guard++) {
         if (s->held_line != NULL) {
             char *line = s->held_line;
@@ -593,9 +525,9 @@ static void process_input(ftpp_sess *s)
         }
     }
     s->in_process = false;
-    if (s->client_eof && !s->ended && s->state != FTPP_ST_CLOSING && !s->busy) {
-        if (s->reason[0] == '\0')
-            snprintf(s->reason, sizeof s->reason, "client closed");
+    if (s->client_eof && !s->core.ended && s->state != FTPP_ST_CLOSING && !s->busy) {
+        if (s->core.reason[0] == '\0')
+            snprintf(s->core.reason, sizeof s->core.reason, "client closed");
         ftpp_sess_close(s, NULL, NULL);
         return;
     }
@@ -632,19 +564,19 @@ static void client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             /* Run what is complete (a final QUIT), then end. */
             if (!s->busy || ftpp_data_busy(s))
                 process_input(s);
-            if (!s->ended && s->state != FTPP_ST_CLOSING) {
-                if (s->reason[0] == '\0')
-                    snprintf(s->reason, sizeof s->reason, "client closed");
+            if (!s->core.ended && s->state != FTPP_ST_CLOSING) {
+                if (s->core.reason[0] == '\0')
+                    snprintf(s->core.reason, sizeof s->core.reason, "client closed");
                 ftpp_sess_close(s, NULL, NULL);
             }
         } else {
-            snprintf(s->reason, sizeof s->reason, "client read: %s", uv_strerror((int)n));
+            snprintf(s->core.reason, sizeof s->core.reason, "client read: %s", uv_strerror((int)n));
             sess_end(s);
         }
         return;
     }
     s->cin_len += (size_t)n;
-    s->bytes_in += (uint64_t)n;
+    s->core.bytes_in += (uint64_t)n;
     if (s->busy && ftpp_data_busy(s) && s->held_line == NULL) {
         /* A transfer runs: look at the next line now (ABOR, STAT). */
         s->busy = false;
@@ -654,7 +586,7 @@ static void client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 void ftpp_sess_resume_client(ftpp_sess *s)
 {
-    if (!s->client_open || s->ended || s->state == FTPP_ST_CLOSING || s->client_eof)
+    if (!s->client_open || s->core.ended || s->state == FTPP_ST_CLOSING || s->client_eof)
         return;
     bool want = s->cin_len < sizeof s->cin;
     if (want && !s->client_reading) {
@@ -670,17 +602,13 @@ void ftpp_sess_resume_client(ftpp_sess *s)
 
 void ftpp_sess_logged_in(ftpp_sess *s)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->w);
-    char user[160], backend[100];
+    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     s->state = FTPP_ST_LOGGED_IN;
     s->login_clock_stopped = false;
     s->activity_ms = dp_now_ms();
     arm_main_timer(s, (uint64_t)cf->idle_timeout_s * 1000u);
-    s->logged_start = true;
-    dp_log_event(DP_LOG_INFO, NULL, "login", "sid=%s user=%s client=%s backend=%s", s->sid,
-                 dp_logq(user, sizeof user, s->user), s->client_text,
-                 dp_logq(backend, sizeof backend, s->route.backend));
-    notify_hook(s, false);
+    dp_session_log(&s->core, "login", NULL);
+    dp_session_logged_in(&s->core);
 }
 
 /* ---- accept ---- */
@@ -716,39 +644,21 @@ void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
         return;
     }
     s->fw = fw;
-    s->w = fw->w;
+    dp_session_start(&s->core, fw->w, &ftpp_session_ops, ci);
     s->slot_held = true;
     s->pasv_fd = -1;
-    snprintf(s->sid, sizeof s->sid, "%02x%06x", dp_worker_index(fw->w) & 0xff,
-             ++fw->next_id & 0xffffff);
-    s->started_ms = s->activity_ms = dp_now_ms();
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    s->started_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    s->client_addr = ci->peer;
+    s->activity_ms = s->core.started_ms;
     socklen_t ll = sizeof s->ctl_local;
     if (getsockname(ci->fd, (struct sockaddr *)&s->ctl_local, &ll) != 0)
         s->ctl_local = ci->local;
-    dp_sockaddr_format((const struct sockaddr *)&ci->peer, s->client_text, sizeof s->client_text);
-    snprintf(s->prefix, sizeof s->prefix, "sid=%s client=%s", s->sid, s->client_text);
     ftpp_line_init(&s->lb);
     ftpp_reply_init(&s->rr);
-    s->next = fw->sessions;
-    if (fw->sessions != NULL)
-        fw->sessions->prev = s;
-    fw->sessions = s;
-    fw->nsessions++;
-    dp_daemon_session_opened(fw->w);
 
     uv_loop_t *loop = dp_worker_loop(fw->w);
     uv_timer_init(loop, &s->timer);
-    s->timer.data = s;
-    s->timer_open = true;
-    ftpp_sess_ref(s);
+    dp_session_own_handle(&s->core, (uv_handle_t *)&s->timer, &s->timer_open);
     uv_timer_init(loop, &s->op_timer);
-    s->op_timer.data = s;
-    s->op_timer_open = true;
-    ftpp_sess_ref(s);
+    dp_session_own_handle(&s->core, (uv_handle_t *)&s->op_timer, &s->op_timer_open);
 
     /* RFC 959 §4.1.3: ABOR arrives behind Telnet IP + Synch, whose DM byte is sent as
      * urgent data; inline, it stays in the stream where the line reader drops it (Python's
@@ -757,17 +667,16 @@ void ftpp_sess_accept(ftpp_worker *fw, const dp_conn_info *ci)
     setsockopt(ci->fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
     dp_sock_tune(ci->fd, cf->common.tcp_keepalive_s);
     uv_tcp_init(loop, &s->client);
-    s->client.data = s;
-    s->client_open = true;
-    ftpp_sess_ref(s);
+    dp_session_own_handle(&s->core, (uv_handle_t *)&s->client, &s->client_open);
     rc = uv_tcp_open(&s->client, ci->fd);
     if (rc != 0) {
         close(ci->fd);
-        snprintf(s->reason, sizeof s->reason, "uv_tcp_open: %s", uv_strerror(rc));
+        snprintf(s->core.reason, sizeof s->core.reason, "uv_tcp_open: %s", uv_strerror(rc));
         sess_end(s);
         return;
     }
-    dp_log_event(DP_LOG_INFO, NULL, "session_start", "sid=%s client=%s", s->sid, s->client_text);
+    dp_log_event(DP_LOG_INFO, NULL, "session_start", "sid=%s client=%s", s->core.sid,
+                 s->core.client_text);
     ftpp_sess_reply(s, "220 %s", cf->greeting);
     arm_main_timer(s, (uint64_t)cf->login_timeout_ms);
     ftpp_sess_resume_client(s);

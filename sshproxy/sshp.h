@@ -19,7 +19,9 @@
 #include <uv.h>
 
 #include "dp_daemon.h"
+#include "dp_dial.h"
 #include "dp_metrics.h"
+#include "dp_session.h"
 
 /* ---- configuration (sshp_main.c) ---- */
 
@@ -73,21 +75,12 @@ typedef struct sshp_worker {
     dp_worker *w;
     ssh_bind bind;       /* host keys + algorithms for client-facing sessions */
     ssh_key proxy_key;   /* the key the proxy logs in to backends with (may be NULL) */
-    sshp_conn *conns;    /* every live connection of this worker */
     ssh_key *known_keys; /* ssh.known_hosts, parsed at start: the fallback when a route */
     char **known_names;  /*   has no pin ("host" or "[host]:port" per key) */
     size_t nknown;
-    unsigned nconns;
-    uint32_t next_id;
-    uv_timer_t housekeeping; /* 1 Hz: idle connections' buffers, malloc_trim (sshp_conn.c) */
-    bool housekeeping_open;
-    bool trim_due; /* sessions ended or buffers were given back since the last trim */
-    uint64_t last_trim_ms;
 } sshp_worker;
 
 sshp_worker *sshp_worker_of(dp_worker *w);
-/* The 1 Hz memory pass (sshp_conn.c); started last in a worker's start, closed by its stop. */
-void sshp_worker_start_housekeeping(sshp_worker *sw, uv_loop_t *loop);
 const sshp_conf *sshp_conf_of(dp_worker *w);
 
 /* Limits on unauthenticated connections, process-wide (sshp_limits.c). */
@@ -191,10 +184,9 @@ typedef enum sshp_conn_state {
 
 typedef enum sshp_be_state {
     SSHP_BE_NONE,
-    SSHP_BE_RESOLVING,
-    SSHP_BE_CONNECTING, /* TCP connect in progress */
-    SSHP_BE_HANDSHAKE,  /* ssh_connect in progress */
-    SSHP_BE_READY,      /* host key verified; authentication may start */
+    SSHP_BE_DIALING,   /* dp_dial: name resolution and TCP connect */
+    SSHP_BE_HANDSHAKE, /* ssh_connect in progress */
+    SSHP_BE_READY,     /* host key verified; authentication may start */
     SSHP_BE_AUTHED,
     SSHP_BE_FAILED,
 } sshp_be_state;
@@ -207,16 +199,9 @@ typedef enum sshp_auth_kind {
 } sshp_auth_kind;
 
 struct sshp_conn {
+    dp_session core; /* first: id, client, user, route, bytes, end, references (dp_session.h) */
     sshp_worker *sw;
-    dp_worker *w;
-    uint32_t id;
-    char sid[16];
-    char prefix[256]; /* logfmt session prefix */
     sshp_conn_state state;
-    uint64_t started_ms;
-    int64_t started_unix_ms;
-    struct sockaddr_storage client;
-    char client_text[64];
     bool startup_slot;
 
     /* client-facing libssh session */
@@ -234,23 +219,18 @@ struct sshp_conn {
     uv_poll_t bpoll;
     int bpoll_fd;
     bool bpoll_open;
-    uv_getaddrinfo_t gai;
-    bool gai_pending;
+    dp_dial *dial;          /* while the backend is dialled */
     bool bs_connect_called; /* ssh_free closes the fd only after ssh_connect ran */
-    uv_timer_t be_timer;    /* backend connect + handshake deadline */
+    uv_timer_t be_timer;    /* backend handshake deadline */
     bool be_timer_open;
-    struct sockaddr_storage baddr;
     uint64_t be_dial_ns; /* uv_hrtime() at the TCP connect (dynproxy_backend_connect_seconds) */
 
     uv_timer_t timer; /* login grace / connect / idle / close deadline */
     bool timer_open;
-    int open_handles; /* handles whose close callback is still due */
 
-    /* routing */
-    char user[DPH_USER_MAX];
-    dp_route_lookup *lookup; /* while the route is looked up only (its answer goes to route) */
-    bool lookup_pending, route_known;
-    dph_route route;
+    /* routing (the route itself is core.route) */
+    dp_route_lookup *lookup; /* while the route is looked up only */
+    bool lookup_pending;
     dp_hook_call *keys_call;
     bool keys_pending, keys_known;
     bool keys_failed; /* no fresh keys and no recent ones: "temporarily unavailable" */
@@ -262,7 +242,6 @@ struct sshp_conn {
     sshp_auth_kind auth_kind;
     char *password; /* wiped as soon as the backend has it */
     bool be_auth_started;
-    int auth_failures;
     uv_timer_t fail_timer; /* delays failures so unknown users look like wrong passwords */
     bool fail_timer_open, fail_pending;
     const char *auth_method; /* for the session log line */
@@ -295,13 +274,8 @@ struct sshp_conn {
                           * timer re-armed from its callback again before polling) */
     bool next_turn_open;
 
-    /* end */
-    char reason[160];
+    /* end (the reason and result are core's; core.bytes_in/out count closed pairs) */
     char disconnect_msg[DPH_MESSAGE_MAX + 64];
-    bool logged_start;
-    bool end_result_set;          /* a cause of the end decided end_result (sshp_conn_end_as) */
-    dp_sess_result end_result;    /* for dynproxy_sessions_total */
-    uint64_t bytes_in, bytes_out; /* of closed pairs */
     bool in_pump, pump_again;
     uint64_t last_activity_ms;    /* data through any channel (idle timeout) */
     uint64_t buffers_released_at; /* last_activity_ms when libssh's buffers were given back */
@@ -309,44 +283,17 @@ struct sshp_conn {
     uv_work_t key_work;
     bool key_loading, key_loaded;
     ssh_key route_key;
-    sshp_conn *prev, *next;
 };
-
-/* Record why the connection is ending, for dynproxy_sessions_total (the first cause wins). */
-static inline void sshp_conn_end_as(sshp_conn *c, dp_sess_result r)
-{
-    if (!c->end_result_set) {
-        c->end_result = r;
-        c->end_result_set = true;
-    }
-}
-
-/* The result counted at the end: the recorded cause, else logged in = ok, else auth_failed
- * after a failed attempt, else error (key exchange failed, left before trying). */
-static inline dp_sess_result sshp_conn_result(const sshp_conn *c)
-{
-    if (c->end_result_set)
-        return c->end_result;
-    if (c->logged_start)
-        return DP_SESS_OK;
-    return c->auth_failures > 0 ? DP_SESS_AUTH_FAILED : DP_SESS_ERROR;
-}
 
 /* sshp_conn.c */
 void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci);
 void sshp_conn_pump(sshp_conn *c);
 void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg);
-void sshp_conn_kick(sshp_conn *c, const char *reason);
-void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *kick,
-                        dp_session_list *out);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms);
 /* Pump the connection again in `ms` (0: cancel): channel deadlines expire without traffic. */
 void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms);
-void sshp_conn_maybe_free(sshp_conn *c);
-void sshp_conn_notify_hook(sshp_conn *c, bool end);
-/* An initialised handle now belongs to the connection: counted until its close callback. */
-void sshp_conn_own_handle(sshp_conn *c, uv_handle_t *h, bool *open);
-/* uv_close with the connection's counting close callback (the memory outlives the handle). */
+/* uv_close with the connection's close callback: closes a poll's dup of its fd, then drops
+ * the handle's reference (dp_session_own_handle took it). */
 void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open);
 int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd);
 

@@ -61,12 +61,11 @@ static void on_route(dp_route_lookup *lk, const dph_route *route, dp_cache_resul
 {
     sshp_conn *c = lk->data;
     c->lookup_pending = false;
-    c->route = *route;
-    c->route_known = true;
+    dp_session_set_route(&c->core, route);
     free(c->lookup); /* `route` pointed into it: copied above */
     c->lookup = NULL;
-    route = &c->route;
-    dp_slog_debug(c->prefix, "route: status %d backend %s (%s)", route->status, route->backend,
+    route = &c->core.route;
+    dp_slog_debug(c->core.prefix, "route: status %d backend %s (%s)", route->status, route->backend,
                   how == DP_CACHE_HIT ? "cached" : "hook");
     sshp_conn_pump(c);
 }
@@ -76,8 +75,8 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
     sshp_conn *c = arg;
     c->keys_pending = false;
     c->keys_call = NULL;
-    if (c->state == SSHP_CONN_DEAD) {
-        sshp_conn_maybe_free(c); /* teardown cancelled us and waited for this callback */
+    if (c->state == SSHP_CONN_DEAD) { /* teardown cancelled us and waited for this callback */
+        dp_session_unref(&c->core);
         return;
     }
     if (status == 0) {
@@ -85,21 +84,23 @@ static void on_keys(void *arg, int status, const char *const *keys, size_t n)
         for (size_t i = 0; c->keys != NULL && i < n; i++)
             if ((c->keys[c->nkeys] = strdup(keys[i])) != NULL)
                 c->nkeys++;
-        sshp_keycache_store(c->user, keys, n);
+        sshp_keycache_store(c->core.user, keys, n);
     } else {
-        const sshp_conf *cf = sshp_conf_of(c->w);
-        if (sshp_keycache_get(c->user,
+        const sshp_conf *cf = sshp_conf_of(c->core.w);
+        if (sshp_keycache_get(c->core.user,
                               (uint64_t)cf->common.cache_ttl_ms + cf->common.cache_stale_ms,
                               &c->keys, &c->nkeys) == 0) {
-            dp_slog_warn(c->prefix, "authorized keys unavailable (%s); using the last known ones",
+            dp_slog_warn(c->core.prefix,
+                         "authorized keys unavailable (%s); using the last known ones",
                          strerror(-status));
         } else {
-            dp_slog_warn(c->prefix, "authorized keys unavailable: %s", strerror(-status));
+            dp_slog_warn(c->core.prefix, "authorized keys unavailable: %s", strerror(-status));
             c->keys_failed = true;
         }
     }
     c->keys_known = true;
     sshp_conn_pump(c);
+    dp_session_unref(&c->core);
 }
 
 static void start_lookup(sshp_conn *c)
@@ -108,16 +109,17 @@ static void start_lookup(sshp_conn *c)
     int rc = c->lookup == NULL ? -ENOMEM : 0;
     if (rc == 0) {
         c->lookup->data = c;
-        rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->w), c->lookup, c->user,
-                                   (const struct sockaddr *)&c->client, DPH_PROTO_SSH, on_route);
+        rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->core.w), c->lookup, c->core.user,
+                                   (const struct sockaddr *)&c->core.client, DPH_PROTO_SSH,
+                                   on_route);
     }
     if (rc != 0) {
         free(c->lookup);
         c->lookup = NULL;
-        memset(&c->route, 0, sizeof c->route);
+        memset(&c->core.route, 0, sizeof c->core.route);
         /* an unusable name is just an unknown user; no memory is a failure for now */
-        c->route.status = rc == -ENOMEM ? DPH_ROUTE_TEMPFAIL : DPH_ROUTE_UNKNOWN_USER;
-        c->route_known = true;
+        c->core.route.status = rc == -ENOMEM ? DPH_ROUTE_TEMPFAIL : DPH_ROUTE_UNKNOWN_USER;
+        c->core.route_known = true;
         return;
     }
     c->lookup_pending = true;
@@ -125,18 +127,19 @@ static void start_lookup(sshp_conn *c)
 
 static void start_keys(sshp_conn *c)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
-    dp_hook_req req = {.user = c->user,
-                       .client = (const struct sockaddr *)&c->client,
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
+    dp_hook_req req = {.user = c->core.user,
+                       .client = (const struct sockaddr *)&c->core.client,
                        .proto = DPH_PROTO_SSH,
                        .timeout_ms = cf->common.hook_timeout_ms};
-    int rc = dp_hook_keys_async(dp_daemon_worker_hook(c->w), dp_worker_loop(c->w), &req, MAX_KEYS,
-                                on_keys, c, &c->keys_call);
+    int rc = dp_hook_keys_async(dp_daemon_worker_hook(c->core.w), dp_worker_loop(c->core.w), &req,
+                                MAX_KEYS, on_keys, c, &c->keys_call);
     if (rc != 0) {
         c->keys_known = true; /* no keys: public-key logins are refused */
         return;
     }
     c->keys_pending = true;
+    dp_session_ref(&c->core); /* until on_keys has run */
 }
 
 /* ---- replies ---- */
@@ -164,8 +167,8 @@ static void reply_failure(sshp_conn *c)
 
 static void after_failure(sshp_conn *c)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
-    if (c->auth_failures >= cf->max_auth_tries)
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
+    if (c->core.auth_failures >= cf->max_auth_tries)
         sshp_conn_fail(c, "too many authentication failures", "Too many authentication failures");
 }
 
@@ -193,12 +196,12 @@ static void count_auth_failure(const sshp_conn *c, dp_auth_reason r)
  * the log's reason, `r` the metric's. */
 static void auth_fail(sshp_conn *c, const char *why, dp_auth_reason r, bool delay)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
-    c->auth_failures++;
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
+    c->core.auth_failures++;
     wipe_password(c);
     static const char *const kinds[] = {"none", "password", "publickey", "keyboard-interactive"};
-    dp_log_event(DP_LOG_INFO, c->prefix, "auth_fail", "method=%s reason=%s", kinds[c->auth_kind],
-                 why);
+    dp_log_event(DP_LOG_INFO, c->core.prefix, "auth_fail", "method=%s reason=%s",
+                 kinds[c->auth_kind], why);
     count_auth_failure(c, r);
     if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
         /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */
@@ -214,7 +217,7 @@ static void auth_fail(sshp_conn *c, const char *why, dp_auth_reason r, bool dela
 
 static void auth_succeeded(sshp_conn *c)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
     wipe_password(c);
     ssh_message_auth_reply_success(c->held_auth, 0);
     ssh_message_free(c->held_auth);
@@ -222,7 +225,7 @@ static void auth_succeeded(sshp_conn *c)
     c->state = SSHP_CONN_OPEN;
     c->be = SSHP_BE_AUTHED;
     if (c->startup_slot) {
-        sshp_startup_release((struct sockaddr *)&c->client);
+        sshp_startup_release((struct sockaddr *)&c->core.client);
         c->startup_slot = false;
     }
     c->last_activity_ms = dp_now_ms();
@@ -230,20 +233,15 @@ static void auth_succeeded(sshp_conn *c)
         sshp_conn_arm_timer(c, (uint64_t)cf->idle_timeout_s * 1000);
     else if (c->timer_open)
         uv_timer_stop(&c->timer);
-    c->logged_start = true;
-    char user[160], backend[100];
     /* What each hop negotiated: an operator answering "is my session post-quantum?" reads
      * it here (the backend hop is the weaker one when the backend is old). */
     const char *ckex = ssh_get_kex_algo(c->cs), *bkex = ssh_get_kex_algo(c->bs);
     const char *ccipher = ssh_get_cipher_in(c->cs), *bcipher = ssh_get_cipher_out(c->bs);
-    dp_log_event(DP_LOG_INFO, NULL, "session_start",
-                 "sid=%s user=%s client=%s backend=%s auth=%s kex=%s cipher=%s backend_kex=%s "
-                 "backend_cipher=%s",
-                 c->sid, dp_logq(user, sizeof user, c->user), c->client_text,
-                 dp_logq(backend, sizeof backend, c->route.backend), c->auth_method,
-                 ckex != NULL ? ckex : "-", ccipher != NULL ? ccipher : "-",
-                 bkex != NULL ? bkex : "-", bcipher != NULL ? bcipher : "-");
-    sshp_conn_notify_hook(c, false);
+    dp_session_log(&c->core, "session_start",
+                   "auth=%s kex=%s cipher=%s backend_kex=%s backend_cipher=%s", c->auth_method,
+                   ckex != NULL ? ckex : "-", ccipher != NULL ? ccipher : "-",
+                   bkex != NULL ? bkex : "-", bcipher != NULL ? bcipher : "-");
+    dp_session_logged_in(&c->core);
 }
 
 /* ---- public keys ---- */
@@ -259,8 +257,9 @@ static ssh_key parse_authorized(sshp_conn *c, const char *line)
     char *tok = strtok_r(buf, " \t", &save);
     enum ssh_keytypes_e type = tok != NULL ? ssh_key_type_from_name(tok) : SSH_KEYTYPE_UNKNOWN;
     if (type == SSH_KEYTYPE_UNKNOWN) {
-        dp_slog_warn(c->prefix, "authorized key of %s skipped: options or unknown key type (%.40s)",
-                     c->user, tok != NULL ? tok : "");
+        dp_slog_warn(c->core.prefix,
+                     "authorized key of %s skipped: options or unknown key type (%.40s)",
+                     c->core.user, tok != NULL ? tok : "");
         return NULL;
     }
     char *b64 = strtok_r(NULL, " \t", &save);
@@ -288,12 +287,9 @@ static bool set_user(sshp_conn *c, const char *user)
 {
     if (user == NULL)
         return true;
-    if (c->user[0] != '\0')
-        return strcmp(c->user, user) == 0; /* like sshd: one user per connection */
-    snprintf(c->user, sizeof c->user, "%s", user);
-    char q[160];
-    snprintf(c->prefix, sizeof c->prefix, "sid=%s user=%s client=%s", c->sid,
-             dp_logq(q, sizeof q, c->user), c->client_text);
+    if (c->core.user[0] != '\0')
+        return strcmp(c->core.user, user) == 0; /* like sshd: one user per connection */
+    dp_session_set_user(&c->core, user);
     /* Route at the first moment the name is known, while the client is still choosing how
      * to authenticate. */
     start_lookup(c);
@@ -309,7 +305,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
     }
     /* Requests we answer ourselves ("none", methods not offered, extra ones while one is
      * held) are cheap for the client and would otherwise be unbounded. */
-    const sshp_conf *cf = sshp_conf_of(c->w);
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
     if (++c->auth_requests > (unsigned)cf->max_auth_tries * 4 + 8) {
         ssh_message_free(m);
         sshp_conn_fail(c, "too many authentication requests", "Too many authentication failures");
@@ -350,7 +346,8 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
             return;
         }
         if (ssh_message_auth_kbdint_is_response(m)) {
-            bool fake_prompt = c->route_known && c->route.status == DPH_ROUTE_UNKNOWN_USER;
+            bool fake_prompt =
+                c->core.route_known && c->core.route.status == DPH_ROUTE_UNKNOWN_USER;
             if (c->auth_kind != SSHP_AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
                 ssh_message_reply_default(m);
                 ssh_message_free(m);
@@ -386,7 +383,7 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
 /* The login cannot go on for the backend's sake (maintenance, lookup or backend failure). */
 static void refuse_session(sshp_conn *c, const char *reason, const char *text)
 {
-    sshp_conn_end_as(c, DP_SESS_UNAVAILABLE);
+    dp_session_end_as(&c->core, DP_SESS_UNAVAILABLE);
     wipe_password(c);
     send_banner(c, text);
     reply_failure(c);
@@ -396,7 +393,8 @@ static void refuse_session(sshp_conn *c, const char *reason, const char *text)
 static void key_load_work(uv_work_t *w)
 {
     sshp_conn *c = w->data;
-    if (ssh_pki_import_privkey_file(c->route.key_path, NULL, NULL, NULL, &c->route_key) != SSH_OK)
+    if (ssh_pki_import_privkey_file(c->core.route.key_path, NULL, NULL, NULL, &c->route_key) !=
+        SSH_OK)
         c->route_key = NULL;
 }
 
@@ -405,30 +403,31 @@ static void key_load_done(uv_work_t *w, int status)
     sshp_conn *c = w->data;
     c->key_loading = false;
     c->key_loaded = true;
-    if (c->state == SSHP_CONN_DEAD) {
-        sshp_conn_maybe_free(c);
-        return;
+    if (c->state != SSHP_CONN_DEAD) {
+        if (c->route_key == NULL)
+            dp_slog_error(c->core.prefix, "cannot read key %s for backend %s",
+                          c->core.route.key_path, c->core.route.backend);
+        sshp_conn_pump(c);
     }
-    if (c->route_key == NULL)
-        dp_slog_error(c->prefix, "cannot read key %s for backend %s", c->route.key_path,
-                      c->route.backend);
-    sshp_conn_pump(c);
+    dp_session_unref(&c->core); /* the reference of start_key_load */
 }
 
 static void start_key_load(sshp_conn *c)
 {
     c->key_work.data = c;
-    if (uv_queue_work(dp_worker_loop(c->w), &c->key_work, key_load_work, key_load_done) == 0)
+    if (uv_queue_work(dp_worker_loop(c->core.w), &c->key_work, key_load_work, key_load_done) == 0) {
         c->key_loading = true;
-    else
+        dp_session_ref(&c->core);
+    } else
         c->key_loaded = true; /* route_key stays NULL: refused with a log line */
 }
 
 static void backend_auth(sshp_conn *c)
 {
-    const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
+    const char *buser = c->core.route.backend_user[0] ? c->core.route.backend_user : c->core.user;
     int rc;
-    bool key_route = c->route.auth == DPH_AUTH_MAPPED_KEY || c->route.auth == DPH_AUTH_PROXY_KEY;
+    bool key_route =
+        c->core.route.auth == DPH_AUTH_MAPPED_KEY || c->core.route.auth == DPH_AUTH_PROXY_KEY;
     if (c->auth_kind == SSHP_AUTH_KBDINT && !key_route) {
         /* Passthrough: the backend's prompts (PAM, OTP) go to the client and back. */
         c->auth_method = "keyboard-interactive";
@@ -465,7 +464,7 @@ static void backend_auth(sshp_conn *c)
             return;
         }
         ssh_key key = c->sw->proxy_key;
-        if (c->route.key_path[0] != '\0') {
+        if (c->core.route.key_path[0] != '\0') {
             /* A per-user (mapped) or per-route key file: read off the loop, once. */
             if (!c->key_loaded) {
                 if (!c->key_loading)
@@ -475,10 +474,11 @@ static void backend_auth(sshp_conn *c)
             key = c->route_key;
         }
         if (key == NULL) {
-            dp_slog_error(c->prefix, "no usable key to log in to backend %s (auth %s, key %s)",
-                          c->route.backend,
-                          c->route.auth == DPH_AUTH_MAPPED_KEY ? "mapped-key" : "proxy-key",
-                          c->route.key_path[0] ? c->route.key_path : "ssh.proxy_key unset");
+            dp_slog_error(c->core.prefix, "no usable key to log in to backend %s (auth %s, key %s)",
+                          c->core.route.backend,
+                          c->core.route.auth == DPH_AUTH_MAPPED_KEY ? "mapped-key" : "proxy-key",
+                          c->core.route.key_path[0] ? c->core.route.key_path
+                                                    : "ssh.proxy_key unset");
             refuse_session(c, "no backend key", UNAVAILABLE_MSG);
             return;
         }
@@ -496,8 +496,8 @@ static void backend_auth(sshp_conn *c)
     case SSH_AUTH_PARTIAL:
         c->be_auth_started = false;
         if (c->auth_kind == SSHP_AUTH_PUBKEY) {
-            dp_slog_error(c->prefix, "backend %s refused the proxy key for %s", c->route.backend,
-                          buser);
+            dp_slog_error(c->core.prefix, "backend %s refused the proxy key for %s",
+                          c->core.route.backend, buser);
             count_auth_failure(c, DP_AUTHR_BACKEND_REFUSED);
             refuse_session(c, "backend refused the proxy key", UNAVAILABLE_MSG);
         } else {
@@ -507,7 +507,7 @@ static void backend_auth(sshp_conn *c)
         return;
     default:
         c->be_auth_started = false;
-        dp_slog_error(c->prefix, "backend %s authentication error: %s", c->route.backend,
+        dp_slog_error(c->core.prefix, "backend %s authentication error: %s", c->core.route.backend,
                       ssh_get_error(c->bs));
         refuse_session(c, "backend authentication error", UNAVAILABLE_MSG);
         return;
@@ -518,9 +518,9 @@ void sshp_auth_progress(sshp_conn *c)
 {
     if (c->held_auth == NULL || c->fail_pending || c->state != SSHP_CONN_AUTH)
         return;
-    if (!c->route_known)
+    if (!c->core.route_known)
         return;
-    switch (c->route.status) {
+    switch (c->core.route.status) {
     case DPH_ROUTE_UNKNOWN_USER:
         if (c->auth_kind == SSHP_AUTH_KBDINT &&
             !ssh_message_auth_kbdint_is_response(c->held_auth)) {
@@ -538,14 +538,14 @@ void sshp_auth_progress(sshp_conn *c)
         auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth_kind != SSHP_AUTH_PUBKEY);
         return;
     case DPH_ROUTE_MAINTENANCE:
-        dp_slog_info(c->prefix, "backend %s in maintenance", c->route.backend);
+        dp_slog_info(c->core.prefix, "backend %s in maintenance", c->core.route.backend);
         refuse_session(c, "backend in maintenance",
-                       c->route.message[0] ? c->route.message : "backend in maintenance");
+                       c->core.route.message[0] ? c->core.route.message : "backend in maintenance");
         return;
     case DPH_ROUTE_TEMPFAIL:
-        dp_slog_warn(c->prefix, "route lookup failed: temporary failure");
+        dp_slog_warn(c->core.prefix, "route lookup failed: temporary failure");
         refuse_session(c, "route lookup failed",
-                       c->route.message[0] ? c->route.message : UNAVAILABLE_MSG);
+                       c->core.route.message[0] ? c->core.route.message : UNAVAILABLE_MSG);
         return;
     case DPH_ROUTE_OK:
         break;
@@ -578,7 +578,8 @@ void sshp_auth_progress(sshp_conn *c)
         sshp_backend_start(c);
         return;
     case SSHP_BE_FAILED:
-        refuse_session(c, c->reason[0] ? c->reason : "backend unreachable", UNAVAILABLE_MSG);
+        refuse_session(c, c->core.reason[0] ? c->core.reason : "backend unreachable",
+                       UNAVAILABLE_MSG);
         return;
     case SSHP_BE_READY:
         backend_auth(c);

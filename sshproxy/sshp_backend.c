@@ -28,27 +28,25 @@ static void be_failed(sshp_conn *c, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    vsnprintf(c->core.reason, sizeof c->core.reason, fmt, ap);
     va_end(ap);
-    dp_slog_error(c->prefix, "backend %s: %s", c->route.backend, c->reason);
+    dp_slog_error(c->core.prefix, "backend %s: %s", c->core.route.backend, c->core.reason);
     c->be = SSHP_BE_FAILED;
     if (c->be_timer_open)
         uv_timer_stop(&c->be_timer);
     sshp_conn_pump(c);
 }
 
-/* Two deadlines, each no shorter than what a client connecting directly would wait: after a
- * mass reconnect a backend's accept queue overflows (SYNs retransmitted 1, 3, 7, 15 s later)
- * and sshd re-executes itself and runs a key exchange per connection on busy cores; giving up
- * earlier turns a slow backend into refused customers. */
+/* Two deadlines (the dial's, then this one), each no shorter than what a client connecting
+ * directly would wait: after a mass reconnect a backend's accept queue overflows (SYNs
+ * retransmitted 1, 3, 7, 15 s later) and sshd re-executes itself and runs a key exchange per
+ * connection on busy cores; giving up earlier turns a slow backend into refused customers. */
 static void on_be_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
-    const sshp_conf *cf = sshp_conf_of(c->w);
     if (c->be == SSHP_BE_HANDSHAKE)
-        be_failed(c, "ssh handshake timed out after %d ms", cf->handshake_timeout_ms);
-    else if (c->be < SSHP_BE_READY)
-        be_failed(c, "connect timed out after %d ms", cf->connect_timeout_ms);
+        be_failed(c, "ssh handshake timed out after %d ms",
+                  sshp_conf_of(c->core.w)->handshake_timeout_ms);
 }
 
 /* ---- SSH handshake ---- */
@@ -61,9 +59,9 @@ static int set_nonblock(int fd)
 
 static void start_handshake(sshp_conn *c)
 {
-    const char *buser = c->route.backend_user[0] ? c->route.backend_user : c->user;
+    const char *buser = c->core.route.backend_user[0] ? c->core.route.backend_user : c->core.user;
     bool no = false;
-    int port = c->route.ssh_port ? c->route.ssh_port : 22;
+    int port = c->core.route.ssh_port ? c->core.route.ssh_port : 22;
     c->bs = ssh_new();
     if (c->bs == NULL) {
         close(c->bfd);
@@ -75,7 +73,7 @@ static void start_handshake(sshp_conn *c)
     /* No config files, no known_hosts, no home directory lookups: nothing that reads a file
      * or calls getpwuid on the loop. The host key is checked against the route's pin. */
     if (ssh_options_set(c->bs, SSH_OPTIONS_FD, &c->bfd) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_HOST, c->route.address) != 0 ||
+        ssh_options_set(c->bs, SSH_OPTIONS_HOST, c->core.route.address) != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_PORT, &port) != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_PROCESS_CONFIG, &no) != 0 ||
         ssh_options_set(c->bs, SSH_OPTIONS_SSH_DIR, "/nonexistent") != 0 ||
@@ -116,9 +114,14 @@ static void start_handshake(sshp_conn *c)
         return;
     }
     c->be = SSHP_BE_HANDSHAKE;
-    if (c->be_timer_open)
-        uv_timer_start(&c->be_timer, on_be_timer,
-                       (uint64_t)sshp_conf_of(c->w)->handshake_timeout_ms, 0);
+    uv_loop_t *loop = dp_worker_loop(c->core.w);
+    if (!c->be_timer_open) {
+        uv_timer_init(loop, &c->be_timer);
+        dp_session_own_handle(&c->core, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
+    }
+    uv_update_time(loop);
+    uv_timer_start(&c->be_timer, on_be_timer,
+                   (uint64_t)sshp_conf_of(c->core.w)->handshake_timeout_ms, 0);
     if (rc == SSH_OK)
         sshp_backend_step(c);
 }
@@ -129,11 +132,11 @@ static int known_host(sshp_conn *c, ssh_key key)
 {
     sshp_worker *sw = c->sw;
     char name[DPH_ADDR_MAX + 16];
-    int port = c->route.ssh_port ? c->route.ssh_port : 22;
+    int port = c->core.route.ssh_port ? c->core.route.ssh_port : 22;
     if (port == 22)
-        snprintf(name, sizeof name, "%s", c->route.address);
+        snprintf(name, sizeof name, "%s", c->core.route.address);
     else
-        snprintf(name, sizeof name, "[%s]:%d", c->route.address, port);
+        snprintf(name, sizeof name, "[%s]:%d", c->core.route.address, port);
     for (size_t i = 0; i < sw->nknown; i++)
         if (strcmp(sw->known_names[i], name) == 0 &&
             ssh_key_cmp(sw->known_keys[i], key, SSH_KEY_CMP_PUBLIC) == 0)
@@ -152,27 +155,28 @@ static int check_host_key(sshp_conn *c)
     if (ssh_get_server_publickey(c->bs, &key) == SSH_OK &&
         ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0 &&
         (fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) != NULL) {
-        if (c->route.hostkey_sha256[0] == '\0') {
+        if (c->core.route.hostkey_sha256[0] == '\0') {
             if (known_host(c, key) == 0) {
                 rc = 0;
             } else {
-                dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_unknown",
+                dp_log_event(DP_LOG_ERROR, c->core.prefix, "hostkey_unknown",
                              "backend=%s fingerprint=%s msg=\"route has no host key pin and "
                              "ssh.known_hosts does not list this key; refused\"",
-                             c->route.backend, fp);
-                snprintf(c->reason, sizeof c->reason, "backend host key not pinned or known");
+                             c->core.route.backend, fp);
+                snprintf(c->core.reason, sizeof c->core.reason,
+                         "backend host key not pinned or known");
             }
-        } else if (strcmp(fp, c->route.hostkey_sha256) != 0) {
-            dp_log_event(DP_LOG_ERROR, c->prefix, "hostkey_mismatch",
+        } else if (strcmp(fp, c->core.route.hostkey_sha256) != 0) {
+            dp_log_event(DP_LOG_ERROR, c->core.prefix, "hostkey_mismatch",
                          "backend=%s expected=%s got=%s msg=\"host key mismatch: possible "
                          "man-in-the-middle or a reinstalled backend; login refused\"",
-                         c->route.backend, c->route.hostkey_sha256, fp);
-            snprintf(c->reason, sizeof c->reason, "backend host key mismatch");
+                         c->core.route.backend, c->core.route.hostkey_sha256, fp);
+            snprintf(c->core.reason, sizeof c->core.reason, "backend host key mismatch");
         } else {
             rc = 0;
         }
     } else {
-        snprintf(c->reason, sizeof c->reason, "cannot read the backend host key");
+        snprintf(c->core.reason, sizeof c->core.reason, "cannot read the backend host key");
     }
     ssh_string_free_char(fp);
     ssh_clean_pubkey_hash(&hash);
@@ -200,121 +204,42 @@ void sshp_backend_step(sshp_conn *c)
     }
     c->be = SSHP_BE_READY;
     dp_metrics_backend_connect(uv_hrtime() - c->be_dial_ns);
-    dp_slog_debug(c->prefix, "backend %s ready", c->route.backend);
+    dp_slog_debug(c->core.prefix, "backend %s ready", c->core.route.backend);
 }
 
 /* ---- TCP ---- */
 
-static void on_connect_ready(uv_poll_t *p, int status, int events)
+static void dialed(void *arg, const dp_dial_result *r)
 {
-    sshp_conn *c = p->data;
-    (void)events;
-    if (c->be != SSHP_BE_CONNECTING)
-        return;
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (status < 0)
-        err = -status;
-    else if (getsockopt(c->bfd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-        err = errno;
-    uv_poll_stop(p);
-    if (err != 0) {
-        char addr[80];
-        dp_sockaddr_format((struct sockaddr *)&c->baddr, addr, sizeof addr);
-        be_failed(c, "connect %s: %s", addr, strerror(err));
+    sshp_conn *c = arg;
+    c->dial = NULL;
+    c->be_dial_ns = r->connect_ns; /* dynproxy_backend_connect_seconds: to SSHP_BE_READY */
+    if (r->status != 0) {
+        be_failed(c, "%s", r->error);
         return;
     }
-    dp_sock_tune(c->bfd, sshp_conf_of(c->w)->common.tcp_keepalive_s);
+    c->bfd = r->fd;
+    if (sshp_poll_open(c, &c->bpoll, &c->bpoll_open, &c->bpoll_fd, c->bfd) != 0) {
+        be_failed(c, "poll setup failed");
+        return;
+    }
     start_handshake(c);
     sshp_conn_pump(c);
 }
 
-static void dial(sshp_conn *c)
-{
-    c->be_dial_ns = uv_hrtime(); /* dynproxy_backend_connect_seconds: from here to SSHP_BE_READY */
-    int fd = socket(c->baddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        be_failed(c, "socket: %s", strerror(errno));
-        return;
-    }
-    if (connect(fd, (struct sockaddr *)&c->baddr, dp_sockaddr_len((struct sockaddr *)&c->baddr)) !=
-            0 &&
-        errno != EINPROGRESS) {
-        int e = errno;
-        close(fd);
-        char addr[80];
-        dp_sockaddr_format((struct sockaddr *)&c->baddr, addr, sizeof addr);
-        be_failed(c, "connect %s: %s", addr, strerror(e));
-        return;
-    }
-    c->bfd = fd;
-    if (sshp_poll_open(c, &c->bpoll, &c->bpoll_open, &c->bpoll_fd, fd) != 0) {
-        be_failed(c, "poll setup failed");
-        return;
-    }
-    c->be = SSHP_BE_CONNECTING;
-    uv_poll_start(&c->bpoll, UV_WRITABLE, on_connect_ready);
-}
-
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    sshp_conn *c = req->data;
-    c->gai_pending = false;
-    if (c->state == SSHP_CONN_DEAD) {
-        uv_freeaddrinfo(res);
-        sshp_conn_maybe_free(c);
-        return;
-    }
-    if (c->be != SSHP_BE_RESOLVING) { /* the connect deadline passed meanwhile */
-        uv_freeaddrinfo(res);
-        return;
-    }
-    if (status != 0 || res == NULL) {
-        uv_freeaddrinfo(res);
-        be_failed(c, "cannot resolve %s: %s", c->route.address, uv_strerror(status));
-        return;
-    }
-    memcpy(&c->baddr, res->ai_addr, res->ai_addrlen);
-    uv_freeaddrinfo(res);
-    dial(c);
-}
-
 void sshp_backend_start(sshp_conn *c)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
-    uint16_t port = c->route.ssh_port ? c->route.ssh_port : 22;
-    uv_loop_t *loop = dp_worker_loop(c->w);
-    if (!c->be_timer_open) {
-        uv_timer_init(loop, &c->be_timer);
-        sshp_conn_own_handle(c, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
-    }
-    uv_update_time(loop);
-    uv_timer_start(&c->be_timer, on_be_timer, (uint64_t)cf->connect_timeout_ms, 0);
-
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&c->baddr;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->baddr;
-    memset(&c->baddr, 0, sizeof c->baddr);
-    if (inet_pton(AF_INET, c->route.address, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(port);
-        dial(c);
-    } else if (inet_pton(AF_INET6, c->route.address, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(port);
-        dial(c);
-    } else {
-        /* A name: resolve on the threadpool, never on the loop. */
-        char service[8];
-        snprintf(service, sizeof service, "%u", port);
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
-        c->gai.data = c;
-        c->be = SSHP_BE_RESOLVING;
-        if (uv_getaddrinfo(loop, &c->gai, on_resolved, c->route.address, service, &hints) != 0) {
-            be_failed(c, "cannot resolve %s", c->route.address);
-            return;
-        }
-        c->gai_pending = true;
-    }
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
+    dp_dial_opts o = {
+        .address = c->core.route.address,
+        .port = c->core.route.ssh_port ? c->core.route.ssh_port : 22,
+        .timeout_ms = cf->connect_timeout_ms,
+        .keepalive_s = cf->common.tcp_keepalive_s,
+    };
+    c->be = SSHP_BE_DIALING;
+    int rc = dp_dial_start(&c->dial, dp_worker_loop(c->core.w), &o, dialed, c);
+    if (rc != 0)
+        be_failed(c, "connect: %s", uv_strerror(rc));
 }
 
 static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
@@ -347,8 +272,8 @@ void sshp_backend_message(sshp_conn *c, ssh_message m)
 
 void sshp_backend_cleanup(sshp_conn *c)
 {
-    if (c->gai_pending)
-        uv_cancel((uv_req_t *)&c->gai);
+    dp_dial_cancel(c->dial);
+    c->dial = NULL;
     sshp_conn_close_handle(c, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
     if (c->bs != NULL) {
         if (c->bev != NULL)

@@ -249,7 +249,7 @@ static void set_backend_callbacks(sshp_pair *p);
 
 static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
 {
-    const sshp_conf *cf = sshp_conf_of(c->w);
+    const sshp_conf *cf = sshp_conf_of(c->core.w);
     sshp_pair *p = calloc(1, sizeof *p);
     if (p == NULL)
         return NULL;
@@ -669,8 +669,9 @@ static void send_exit(sshp_pair *p)
         rc = ssh_channel_request_send_exit_status(p->cch, p->exit_status);
     if (rc != SSH_OK)
         /* The client would report 255 instead of the command's status. */
-        dp_slog_warn(p->conn->prefix, "exit status not forwarded to the client (libssh rc %d: %s)",
-                     rc, ssh_get_error(p->conn->cs));
+        dp_slog_warn(p->conn->core.prefix,
+                     "exit status not forwarded to the client (libssh rc %d: %s)", rc,
+                     ssh_get_error(p->conn->cs));
 }
 
 static void progress_open_pair(sshp_pair *p)
@@ -727,8 +728,8 @@ static void pair_free(sshp_conn *c, sshp_pair *p)
     }
     for (int i = 0; i < 3; i++)
         buf_free(&p->st[i]);
-    c->bytes_in += p->bytes_in;
-    c->bytes_out += p->bytes_out;
+    c->core.bytes_in += p->bytes_in;
+    c->core.bytes_out += p->bytes_out;
     free(p->exit_signal);
     free(p->exit_errmsg);
     free(p);

@@ -42,97 +42,42 @@ static void conn_end(sshp_conn *c);
  * the reads a closing connection gets, ran out): the log says so. */
 static void end_unflushed(sshp_conn *c)
 {
-    snprintf(c->reason + strlen(c->reason), sizeof c->reason - strlen(c->reason),
-             " (disconnect message not flushed)");
+    snprintf(c->core.reason + strlen(c->core.reason),
+             sizeof c->core.reason - strlen(c->core.reason), " (disconnect message not flushed)");
     conn_end(c);
 }
 
-/* ---- handles ---- */
+/* ---- memory and handles ---- */
 
-/* Memory policy, once a second per worker (the housekeeping timer):
- * - libssh buffers keep their largest allocation: a session that has streamed holds up to
- *   about 2 MiB in its packet, socket and channel buffers (what a slow reader left in the
- *   channel's) for as long as it lives. A connection
- *   with no data for IDLE_RELEASE_MS gives the empty ones back (libssh patch 0005), once per
- *   quiet spell; the next packet allocates again.
- * - glibc keeps freed heap pages: after sessions end or buffers are given back, RSS would stay
- *   at its high-water mark and creep up with churn. malloc_trim gives free pages back. */
-#define HOUSEKEEPING_MS 1000
+/* libssh buffers keep their largest allocation: a session that has streamed holds up to about
+ * 2 MiB in its packet, socket and channel buffers (what a slow reader left in the channel's)
+ * for as long as it lives. A connection with no data for a second gives the empty ones back
+ * (libssh patch 0005), once per quiet spell; the next packet allocates again. The worker's
+ * 1 Hz pass calls this (dp_session_set), and trims the heap when enough came back. */
 #define IDLE_RELEASE_MS 1000
-/* malloc_trim walks every arena under its lock: worth it when a pass gave this much back (or
- * sessions ended), not for the few hundred bytes a quiet interactive session regrows */
-#define RELEASED_TRIM_MIN (256u << 10)
 
-/* Give back the empty libssh buffers of connections quiet since a pass; the bytes freed. */
-static size_t release_idle_buffers(sshp_worker *sw, uint64_t now)
+static size_t release_idle(dp_session *core, uint64_t now)
 {
     size_t released = 0;
 #ifdef SSHP_HAVE_RELEASE_BUFFERS
-    for (sshp_conn *c = sw->conns; c != NULL; c = c->next) {
-        if (c->state != SSHP_CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
-            now - c->last_activity_ms < IDLE_RELEASE_MS)
-            continue;
-        c->buffers_released_at = c->last_activity_ms;
-        released += ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
-    }
+    sshp_conn *c = (sshp_conn *)core;
+    if (c->state != SSHP_CONN_OPEN || c->buffers_released_at == c->last_activity_ms ||
+        now - c->last_activity_ms < IDLE_RELEASE_MS)
+        return 0;
+    c->buffers_released_at = c->last_activity_ms;
+    released = ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
 #else
-    (void)sw;
+    (void)core;
     (void)now;
 #endif
     return released;
 }
 
-/* Memory was freed: trim now if the last trim is a second old, else at a later pass. */
-static void trim_soon(sshp_worker *sw, uint64_t now)
+static void conn_free(dp_session *core)
 {
-    sw->trim_due = true;
-    if (now - sw->last_trim_ms < HOUSEKEEPING_MS)
-        return;
-    sw->trim_due = false;
-    sw->last_trim_ms = now;
-    malloc_trim(0);
-}
-
-static void on_housekeeping(uv_timer_t *t)
-{
-    sshp_worker *sw = t->data;
-    uint64_t now = dp_now_ms();
-    if (release_idle_buffers(sw, now) >= RELEASED_TRIM_MIN || sw->trim_due)
-        trim_soon(sw, now);
-}
-
-void sshp_worker_start_housekeeping(sshp_worker *sw, uv_loop_t *loop)
-{
-    uv_timer_init(loop, &sw->housekeeping);
-    sw->housekeeping.data = sw;
-    uv_unref((uv_handle_t *)&sw->housekeeping); /* never keeps a stopping loop alive */
-    sw->housekeeping_open = true;
-    uv_timer_start(&sw->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
-}
-
-static void conn_free(sshp_conn *c)
-{
-    sshp_worker *sw = c->sw;
-    trim_soon(sw, dp_now_ms()); /* a closing burst's pages go back at the next pass */
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        sw->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    sw->nconns--;
+    sshp_conn *c = (sshp_conn *)core;
+    ssh_key_free(c->route_key); /* loaded after teardown, or never freed by it */
     free(c);
-}
-
-/* The connection's memory goes when it is dead and nothing can call back into it: no open
- * handle, no getaddrinfo, no hook call in flight. */
-void sshp_conn_maybe_free(sshp_conn *c)
-{
-    if (c->state == SSHP_CONN_DEAD && c->open_handles == 0 && !c->gai_pending && !c->keys_pending &&
-        !c->key_loading) {
-        ssh_key_free(c->route_key); /* loaded after teardown, or never freed by it */
-        conn_free(c);
-    }
 }
 
 static void handle_closed(uv_handle_t *h)
@@ -142,8 +87,8 @@ static void handle_closed(uv_handle_t *h)
         /* after our DISCONNECT, the client's further input must not turn our close into an
          * RST that drops the DISCONNECT unread (dp_linger.h); our dup is the last fd */
         if (c->linger)
-            dp_linger_close(dp_worker_loop(c->w), c->cpoll_fd,
-                            dp_worker_stopping(c->w) ? LINGER_STOPPING_MS : CLOSE_FLUSH_MS,
+            dp_linger_close(dp_worker_loop(c->core.w), c->cpoll_fd,
+                            dp_worker_stopping(c->core.w) ? LINGER_STOPPING_MS : CLOSE_FLUSH_MS,
                             LINGER_MAX_BYTES);
         else
             close(c->cpoll_fd);
@@ -152,15 +97,7 @@ static void handle_closed(uv_handle_t *h)
         close(c->bpoll_fd);
         c->bpoll_fd = -1;
     }
-    c->open_handles--;
-    sshp_conn_maybe_free(c);
-}
-
-void sshp_conn_own_handle(sshp_conn *c, uv_handle_t *h, bool *open)
-{
-    h->data = c;
-    *open = true;
-    c->open_handles++;
+    dp_session_unref(&c->core);
 }
 
 void sshp_conn_close_handle(sshp_conn *c, uv_handle_t *h, bool *open)
@@ -176,7 +113,7 @@ static void on_timer(uv_timer_t *t);
 void sshp_conn_arm_timer(sshp_conn *c, uint64_t ms)
 {
     if (c->timer_open) {
-        uv_update_time(dp_worker_loop(c->w));
+        uv_update_time(dp_worker_loop(c->core.w));
         uv_timer_start(&c->timer, on_timer, ms, 0);
     }
 }
@@ -200,7 +137,7 @@ void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
         uv_timer_stop(&c->chan_timer);
         return;
     }
-    uv_update_time(dp_worker_loop(c->w));
+    uv_update_time(dp_worker_loop(c->core.w));
     uv_timer_start(&c->chan_timer, on_chan_timer, ms, 0);
 }
 
@@ -252,13 +189,13 @@ int sshp_poll_open(sshp_conn *c, uv_poll_t *p, bool *open, int *dupfd, int fd)
     *dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (*dupfd < 0)
         return -errno;
-    int rc = uv_poll_init_socket(dp_worker_loop(c->w), p, *dupfd);
+    int rc = uv_poll_init_socket(dp_worker_loop(c->core.w), p, *dupfd);
     if (rc != 0) {
         close(*dupfd);
         *dupfd = -1;
         return rc;
     }
-    sshp_conn_own_handle(c, (uv_handle_t *)p, open);
+    dp_session_own_handle(&c->core, (uv_handle_t *)p, open);
     return 0;
 }
 
@@ -341,12 +278,13 @@ static void pump_once(sshp_conn *c)
         if (rc == SSH_OK) {
             c->state = SSHP_CONN_AUTH;
         } else if (rc == SSH_ERROR) {
-            snprintf(c->reason, sizeof c->reason, "key exchange failed: %s", ssh_get_error(c->cs));
+            snprintf(c->core.reason, sizeof c->core.reason, "key exchange failed: %s",
+                     ssh_get_error(c->cs));
             /* Logged although no user is known yet (OpenSSH logs "Unable to negotiate" too):
              * a customer whose old client offers nothing the defaults keep is found here. */
             char reason[300];
-            dp_log_event(DP_LOG_INFO, NULL, "kex_fail", "sid=%s client=%s reason=%s", c->sid,
-                         c->client_text, dp_logq(reason, sizeof reason, c->reason));
+            dp_log_event(DP_LOG_INFO, NULL, "kex_fail", "sid=%s client=%s reason=%s", c->core.sid,
+                         c->core.client_text, dp_logq(reason, sizeof reason, c->core.reason));
             conn_end(c);
             return;
         }
@@ -395,8 +333,8 @@ static void pump_once(sshp_conn *c)
     if (c->state == SSHP_CONN_DEAD)
         return;
     if (c->abuse != NULL && c->state != SSHP_CONN_CLOSING) {
-        dp_slog_warn(c->prefix, "ending the connection: %s", c->abuse);
-        sshp_conn_end_as(c, DP_SESS_ERROR);
+        dp_slog_warn(c->core.prefix, "ending the connection: %s", c->abuse);
+        dp_session_end_as(&c->core, DP_SESS_ERROR);
         sshp_conn_fail(c, c->abuse, "protocol violation");
         return;
     }
@@ -427,14 +365,14 @@ static void pump_once(sshp_conn *c)
         return;
     }
     if (session_dead(c->cs)) {
-        if (c->reason[0] == '\0')
-            snprintf(c->reason, sizeof c->reason, "%s",
+        if (c->core.reason[0] == '\0')
+            snprintf(c->core.reason, sizeof c->core.reason, "%s",
                      c->state == SSHP_CONN_OPEN ? "client closed" : "client left before login");
         conn_end(c);
         return;
     }
     if (c->state == SSHP_CONN_OPEN && session_dead(c->bs)) {
-        sshp_conn_end_as(c, DP_SESS_ERROR);
+        dp_session_end_as(&c->core, DP_SESS_ERROR);
         sshp_conn_fail(c, "backend closed the connection", "backend closed the connection");
         return;
     }
@@ -474,18 +412,18 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case SSHP_CONN_KEX:
     case SSHP_CONN_AUTH:
-        sshp_conn_end_as(c, DP_SESS_TIMEOUT);
+        dp_session_end_as(&c->core, DP_SESS_TIMEOUT);
         sshp_conn_fail(c, "login grace time exceeded", "login grace time exceeded");
         break;
     case SSHP_CONN_OPEN: {
         /* Armed for the full idle time after the last activity; traffic since then only
          * moves the deadline (cheaper than re-arming the timer for every write). */
-        uint64_t idle_ms = (uint64_t)sshp_conf_of(c->w)->idle_timeout_s * 1000;
+        uint64_t idle_ms = (uint64_t)sshp_conf_of(c->core.w)->idle_timeout_s * 1000;
         uint64_t since = dp_now_ms() - c->last_activity_ms;
         if (since < idle_ms)
             sshp_conn_arm_timer(c, idle_ms - since);
         else {
-            sshp_conn_end_as(c, DP_SESS_TIMEOUT);
+            dp_session_end_as(&c->core, DP_SESS_TIMEOUT);
             sshp_conn_fail(c, "idle timeout", "idle timeout");
         }
         break;
@@ -504,8 +442,8 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
 {
     if (c->state == SSHP_CONN_CLOSING || c->state == SSHP_CONN_DEAD)
         return;
-    if (c->reason[0] == '\0')
-        snprintf(c->reason, sizeof c->reason, "%s", reason);
+    if (c->core.reason[0] == '\0')
+        snprintf(c->core.reason, sizeof c->core.reason, "%s", reason);
     if (client_msg == NULL || session_dead(c->cs)) {
         conn_end(c);
         return;
@@ -529,10 +467,15 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
         c->pump_again = true; /* the CLOSING step must run even if no I/O event ever comes */
 }
 
-void sshp_conn_kick(sshp_conn *c, const char *reason)
+/* dp_session_ops.kick: `sessions kick`, a moved user, the worker stopping. */
+static void kick(dp_session *core, const char *message, const char *reason)
 {
-    sshp_conn_end_as(c, DP_SESS_KICKED);
-    sshp_conn_fail(c, reason, reason);
+    sshp_conn *c = (sshp_conn *)core;
+    if (c->state == SSHP_CONN_CLOSING || c->state == SSHP_CONN_DEAD)
+        return;
+    dp_session_set_reason(&c->core, "%s", reason);
+    dp_session_end_as(&c->core, DP_SESS_KICKED);
+    sshp_conn_fail(c, c->core.reason, message);
 }
 
 static const char *const state_names[] = {
@@ -540,91 +483,38 @@ static const char *const state_names[] = {
     [SSHP_CONN_CLOSING] = "closing", [SSHP_CONN_DEAD] = "closed",
 };
 
-/* dp_daemon_def.sessions: list (and kick) this worker's connections. */
-void sshp_conn_sessions(dp_worker *w, const dp_session_filter *f, const char *kick,
-                        dp_session_list *out)
+static const char *state_name(const dp_session *core)
 {
-    sshp_worker *sw = sshp_worker_of(w);
-    for (sshp_conn *c = sw != NULL ? sw->conns : NULL, *next; c != NULL; c = next) {
-        next = c->next; /* a kick never frees synchronously, but do not rely on it */
-        if (c->state == SSHP_CONN_DEAD)
-            continue;
-        dp_session_view v = {
-            .id = c->sid,
-            .proto = "ssh",
-            .user = c->user,
-            .client = c->client_text,
-            .backend = c->route_known ? c->route.backend : NULL,
-            .state = state_names[c->state],
-            .started_unix_ms = c->started_unix_ms,
-            .bytes_in = c->bytes_in + sshp_channels_bytes(c, true),
-            .bytes_out = c->bytes_out + sshp_channels_bytes(c, false),
-        };
-        if (!dp_session_match(f, &v))
-            continue;
-        dp_session_list_add(out, &v);
-        if (kick != NULL && c->state != SSHP_CONN_CLOSING) {
-            snprintf(c->reason, sizeof c->reason, "kicked: %s", kick);
-            sshp_conn_end_as(c, DP_SESS_KICKED);
-            sshp_conn_fail(c, c->reason, kick);
-        }
-    }
+    return state_names[((const sshp_conn *)core)->state];
 }
 
-/* Tell the hook (optional session_start/session_end ops), fire-and-forget on the threadpool. */
-void sshp_conn_notify_hook(sshp_conn *c, bool end)
+/* Channel data of the pairs still open (closed pairs are in core.bytes_in/out). */
+static void live_bytes(const dp_session *core, uint64_t *in, uint64_t *out)
 {
-    dph_session s = {
-        .struct_size = sizeof s,
-        .id = c->sid,
-        .user = c->user,
-        .client_ip = c->client_text,
-        .backend = c->route.backend,
-        .proto = DPH_PROTO_SSH,
-        .started_unix_ms = c->started_unix_ms,
-        .bytes_in = c->bytes_in + sshp_channels_bytes(c, true),
-        .bytes_out = c->bytes_out + sshp_channels_bytes(c, false),
-        .end_reason = end ? c->reason : NULL,
-    };
-    dp_hook_session_event(dp_daemon_worker_hook(c->w), dp_worker_loop(c->w), &s, end);
+    const sshp_conn *c = (const sshp_conn *)core;
+    *in = sshp_channels_bytes(c, true);
+    *out = sshp_channels_bytes(c, false);
 }
 
-static void log_end(sshp_conn *c)
+/* client_read: raw bytes taken from the client's socket (packets, padding, MACs), the measure
+ * of the read bounds in sshp.h; our dup of the fd keeps the socket to ask. */
+static int end_fields(const dp_session *core, char *buf, size_t len)
 {
-    char user[160], reason[200], backend[100];
-    uint64_t in = c->bytes_in + sshp_channels_bytes(c, true);
-    uint64_t out = c->bytes_out + sshp_channels_bytes(c, false);
-    /* client_read: raw bytes taken from the client's socket (packets, padding, MACs), the
-     * measure of the read bounds in sshp.h; our dup of the fd keeps the socket to ask */
+    const sshp_conn *c = (const sshp_conn *)core;
     uint64_t taken = 0;
     if (c->cpoll_fd >= 0)
         dp_sock_bytes_read(c->cpoll_fd, &taken);
-    dp_log_event(DP_LOG_INFO, NULL, "session_end",
-                 "sid=%s user=%s client=%s backend=%s auth=%s bytes_in=%llu bytes_out=%llu "
-                 "client_read=%llu duration_ms=%llu reason=%s",
-                 c->sid, dp_logq(user, sizeof user, c->user[0] ? c->user : "-"), c->client_text,
-                 dp_logq(backend, sizeof backend,
-                         c->route_known && c->route.backend[0] ? c->route.backend : "-"),
-                 c->auth_method ? c->auth_method : "none", (unsigned long long)in,
-                 (unsigned long long)out, (unsigned long long)taken,
-                 (unsigned long long)(dp_now_ms() - c->started_ms),
-                 dp_logq(reason, sizeof reason, c->reason[0] ? c->reason : "closed"));
+    return snprintf(buf, len, "auth=%s client_read=%llu", c->auth_method ? c->auth_method : "none",
+                    (unsigned long long)taken);
 }
 
-static void conn_end(sshp_conn *c)
+/* dp_session_ops.teardown: after the accounting of dp_session_end. */
+static void teardown(dp_session *core)
 {
-    if (c->state == SSHP_CONN_DEAD)
-        return;
-    if (c->logged_start || c->user[0] != '\0')
-        log_end(c);
-    if (c->logged_start)
-        sshp_conn_notify_hook(c, true);
-    dp_metrics_bytes(c->bytes_in + sshp_channels_bytes(c, true),
-                     c->bytes_out + sshp_channels_bytes(c, false));
-    dp_daemon_session_closed(c->w, sshp_conn_result(c));
+    sshp_conn *c = (sshp_conn *)core;
     c->state = SSHP_CONN_DEAD;
     if (c->startup_slot) {
-        sshp_startup_release((struct sockaddr *)&c->client);
+        sshp_startup_release((struct sockaddr *)&c->core.client);
         c->startup_slot = false;
     }
     sshp_auth_cleanup(c);
@@ -645,8 +535,26 @@ static void conn_end(sshp_conn *c)
     sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
-    sshp_conn_maybe_free(c);
 }
+
+static void conn_end(sshp_conn *c)
+{
+    dp_session_end(&c->core);
+}
+
+static const dp_session_ops sshp_session_ops = {
+    .proto = DPH_PROTO_SSH,
+    .proto_name = "ssh",
+    .log_every_end = false, /* a failed key exchange has its kex_fail line */
+    .shutdown_message = "proxy shutting down",
+    .state = state_name,
+    .live_bytes = live_bytes,
+    .kick = kick,
+    .end_fields = end_fields,
+    .teardown = teardown,
+    .release_idle = release_idle,
+    .free = conn_free,
+};
 
 /* ---- accept ---- */
 
@@ -671,48 +579,33 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
         return;
     }
     c->sw = sw;
-    c->w = sw->w;
+    dp_session_start(&c->core, sw->w, &sshp_session_ops, ci);
     c->startup_slot = true;
-    c->id = ++sw->next_id;
-    snprintf(c->sid, sizeof c->sid, "%02x%06x", dp_worker_index(sw->w) & 0xff, c->id & 0xffffff);
-    c->started_ms = dp_now_ms();
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    c->started_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    c->client = ci->peer;
-    snprintf(c->client_text, sizeof c->client_text, "%s", addr);
-    snprintf(c->prefix, sizeof c->prefix, "sid=%s client=%s", c->sid, addr);
     c->cpoll_fd = c->bpoll_fd = c->bfd = -1;
-    c->next = sw->conns;
-    if (sw->conns != NULL)
-        sw->conns->prev = c;
-    sw->conns = c;
-    sw->nconns++;
-    dp_daemon_session_opened(sw->w);
 
     uv_loop_t *loop = dp_worker_loop(sw->w);
     uv_timer_init(loop, &c->timer);
-    sshp_conn_own_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->timer, &c->timer_open);
     uv_timer_init(loop, &c->fail_timer);
-    sshp_conn_own_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
     uv_timer_init(loop, &c->chan_timer);
-    sshp_conn_own_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
     uv_idle_init(loop, &c->next_turn);
-    sshp_conn_own_handle(c, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
 
     c->cs = ssh_new();
     if (c->cs == NULL) {
         close(ci->fd);
-        snprintf(c->reason, sizeof c->reason, "out of memory");
+        snprintf(c->core.reason, sizeof c->core.reason, "out of memory");
         conn_end(c);
         return;
     }
     ssh_set_counters(c->cs, &c->client_counter, NULL);
     if (ssh_bind_accept_fd(sw->bind, c->cs, ci->fd) != SSH_OK) {
-        dp_slog_error(c->prefix, "ssh_bind_accept_fd: %s", ssh_get_error(sw->bind));
+        dp_slog_error(c->core.prefix, "ssh_bind_accept_fd: %s", ssh_get_error(sw->bind));
         if (ssh_get_fd(c->cs) != ci->fd)
             close(ci->fd); /* not handed over: ours to close */
-        snprintf(c->reason, sizeof c->reason, "accept failed");
+        snprintf(c->core.reason, sizeof c->core.reason, "accept failed");
         conn_end(c);
         return;
     }
@@ -725,7 +618,8 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->cev = ssh_event_new();
     if (rc == SSH_ERROR || c->cev == NULL || ssh_event_add_session(c->cev, c->cs) != SSH_OK ||
         sshp_poll_open(c, &c->cpoll, &c->cpoll_open, &c->cpoll_fd, ci->fd) != 0) {
-        snprintf(c->reason, sizeof c->reason, "session setup failed: %s", ssh_get_error(c->cs));
+        snprintf(c->core.reason, sizeof c->core.reason, "session setup failed: %s",
+                 ssh_get_error(c->cs));
         conn_end(c);
         return;
     }

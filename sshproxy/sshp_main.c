@@ -254,31 +254,12 @@ static int sshp_start(dp_worker *w)
         dp_log_error("cannot read ssh.proxy_key %s", cf->proxy_key);
         return -EINVAL;
     }
-    /* last: a failed start is never stopped, so nothing may be left running */
-    sshp_worker_start_housekeeping(sw, dp_worker_loop(w));
     return 0;
 }
 
 static void sshp_accept(dp_worker *w, const dp_conn_info *ci)
 {
     sshp_conn_accept(sshp_worker_of(w), ci);
-}
-
-static void sshp_stop(dp_worker *w)
-{
-    sshp_worker *sw = sshp_worker_of(w);
-    if (sw == NULL)
-        return;
-    if (sw->housekeeping_open) {
-        sw->housekeeping_open = false;
-        uv_close((uv_handle_t *)&sw->housekeeping, NULL); /* sw is freed after the loop ends */
-    }
-    /* Each connection flushes a disconnect message and closes; its memory goes when its
-     * handles have closed, so take `next` first. */
-    for (sshp_conn *c = sw->conns, *next; c != NULL; c = next) {
-        next = c->next;
-        sshp_conn_kick(c, "proxy shutting down");
-    }
 }
 
 static void sshp_fini(dp_worker *w)
@@ -298,7 +279,7 @@ static void sshp_fini(dp_worker *w)
     free(sw);
 }
 
-static const dp_worker_ops sshp_ops = {sshp_start, sshp_accept, sshp_stop, sshp_fini};
+static const dp_worker_ops sshp_ops = {sshp_start, sshp_accept, NULL, sshp_fini};
 
 /* "libssh=0.12.2/openssl/zlib libssh_patches=pty-modes,break libssh_read_max=65536", for -V
  * and the start log. */
@@ -330,7 +311,6 @@ static const dp_daemon_def sshp_def = {
     .check = sshp_check,
     .ops = &sshp_ops,
     .on_invalidate = sshp_keycache_drop,
-    .sessions = sshp_conn_sessions,
     .build_info = build_info,
 };
 
