@@ -58,8 +58,16 @@ typedef struct ftpp_worker {
     char rbuf[65536]; /* backend replies are read here and parsed in the read callback */
 } ftpp_worker;
 
-ftpp_worker *ftpp_worker_of(dp_worker *w);
-const ftpp_conf *ftpp_conf_of(dp_worker *w);
+static inline ftpp_worker *ftpp_worker_of(dp_worker *w)
+{
+    return dp_daemon_worker_data(w);
+}
+
+/* The configuration this worker uses now (look it up again in each callback: reload). */
+static inline const ftpp_conf *ftpp_conf_of(dp_worker *w)
+{
+    return dp_daemon_worker_conf(w);
+}
 
 /* ---- splice relay between two sockets (ftpp_pump.c) ---- */
 
@@ -84,7 +92,8 @@ struct ftpp_pump {
     uint64_t *activity_ms; /* updated on every progress (idle timer) */
 };
 
-/* Takes ownership of both fds (also on failure). Returns 0 or a negative errno. */
+/* Takes ownership of both fds (also on failure). Returns 0 or a negative errno; either way
+ * the pump is released with ftpp_pump_close (after a failure its callback never runs). */
 int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_t cap,
                     ftpp_pump_cb cb);
 /* Stop and close both sockets; close_cb runs when the memory may go. Idempotent. */
@@ -136,6 +145,11 @@ typedef enum ftpp_expect {
  * line). Stored with the command when it is sent, so the reply reader knows nothing of login
  * or data connections; NULL: the reply is read and dropped (an orphaned command). */
 typedef void (*ftpp_reply_fn)(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+/* The backend connection cannot be used any more: end the session, sending `line` (a full
+ * reply with CRLF; NULL: nothing more) and logging `reason`. Set by whoever owns the
+ * connection's phase: the login, then the logged-in session. */
+typedef void (*ftpp_backend_fail_fn)(ftpp_sess *s, const char *line, const char *reason);
+
 typedef struct ftpp_pending {
     ftpp_expect ex;
     ftpp_reply_fn on_reply;
@@ -231,8 +245,10 @@ struct ftpp_sess {
     int npending;
     char *rtext; /* an internal reply being collected (login), CRLF-separated lines */
     size_t rtext_len, rtext_cap;
-    bool backend_pasv_only; /* EPSV refused once: use PASV from then on */
-    bool backend_port_only; /* EPRT refused once: use PORT from then on */
+    ftpp_backend_fail_fn on_backend_fail;
+    ftpp_reply_fn on_unsolicited; /* a reply line nothing asked for (logged in: relayed) */
+    bool backend_pasv_only;       /* EPSV refused once: use PASV from then on */
+    bool backend_port_only;       /* EPRT refused once: use PORT from then on */
 
     /* data connections */
     ftpp_dmode dmode;
@@ -250,7 +266,19 @@ void ftpp_sess_reply(ftpp_sess *s, const char *fmt, ...) __attribute__((format(p
 void ftpp_sess_reply_raw(ftpp_sess *s, const char *data, size_t len);
 /* `text` (no CRLF) followed by CRLF. */
 void ftpp_sess_reply_line(ftpp_sess *s, const char *text, size_t len);
-bool ftpp_sess_client_congested(ftpp_sess *s);
+/* Backend replies stop being read while this much is queued toward a slow client. */
+#define FTPP_CLIENT_WQ_HIGH (256u * 1024u)
+static inline bool ftpp_sess_client_congested(ftpp_sess *s)
+{
+    return s->client_open &&
+           uv_stream_get_write_queue_size((uv_stream_t *)&s->client) >= FTPP_CLIENT_WQ_HIGH;
+}
+/* Reply handlers of commands relayed for the client: each line to the client, then the next
+ * command (relay), the same without the features the proxy cannot honour (FEAT), or the end
+ * of the session (QUIT). */
+void ftpp_sess_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+void ftpp_sess_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
+void ftpp_sess_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 void ftpp_sess_resume_client(ftpp_sess *s);
 /* Send `line` (a full 421/221 reply, CRLF included or NULL) and close once it is written. */
 void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason);
@@ -269,12 +297,12 @@ void ftpp_sess_login_clock(ftpp_sess *s, bool running);
 void ftpp_login_user(ftpp_sess *s, const char *user);
 void ftpp_login_pass(ftpp_sess *s, char *password);
 void ftpp_login_cleanup(ftpp_sess *s);
-void ftpp_login_backend_lost(ftpp_sess *s, const char *why);
 
 /* ftpp_backend.c */
 /* The backend control connection on `fd` (connected by dp_dial; ours from now on, also on
  * failure). Returns 0 or a negative errno. */
-int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr);
+int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr,
+                      ftpp_backend_fail_fn on_fail);
 /* Send a command; `on_reply` gets each line of its reply. */
 void ftpp_backend_send(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -284,12 +312,6 @@ void ftpp_backend_send_secret(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_rep
                               const char *line);
 /* A reply that comes without a command (the greeting). */
 void ftpp_backend_expect(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply);
-/* Reply handlers of commands relayed for the client: each line to the client, then the next
- * command (relay), the same without the features the proxy cannot honour (FEAT), or the end
- * of the session (QUIT). */
-void ftpp_backend_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
-void ftpp_backend_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
-void ftpp_backend_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final);
 void ftpp_backend_resume(ftpp_sess *s);
 void ftpp_backend_close(ftpp_sess *s);
 /* Unsent expectations become FTPP_EX_SWALLOW (their answers are dropped). */

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "dp_log.h"
@@ -36,6 +35,14 @@ static void backend_gone(ftpp_sess *s)
                       s->state == FTPP_ST_LOGGED_IN ? DP_SESS_ERROR : DP_SESS_UNAVAILABLE);
 }
 
+/* The connection cannot be used any more: its owner (the login, then the session) ends the
+ * session with `line` (NULL: nothing more to say) and `reason`. */
+static void fail(ftpp_sess *s, const char *line, const char *reason)
+{
+    if (s->on_backend_fail != NULL)
+        s->on_backend_fail(s, line, reason);
+}
+
 static void backend_write_done(uv_write_t *req, int status)
 {
     breq *br = (breq *)req;
@@ -46,7 +53,7 @@ static void backend_write_done(uv_write_t *req, int status)
     if (status < 0 && status != UV_ECANCELED && !s->core.ended && s->state != FTPP_ST_CLOSING) {
         dp_slog_warn(s->core.prefix, "backend write: %s", uv_strerror(status));
         backend_gone(s);
-        ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
+        fail(s, "421 Lost the connection to the server.\r\n", "backend write failed");
     }
 }
 
@@ -78,7 +85,7 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, cons
         return;
     if (s->npending >= FTPP_PENDING_MAX) {
         dp_slog_error(s->core.prefix, "too many commands pending toward the backend");
-        ftpp_sess_close(s, "421 Internal error.\r\n", "pending queue full");
+        fail(s, "421 Internal error.\r\n", "pending queue full");
         return;
     }
     size_t n = strlen(line), extra = 2;
@@ -86,7 +93,7 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, cons
         extra += (unsigned char)line[i] == 0xff;
     breq *br = malloc(sizeof *br + n + extra);
     if (br == NULL) {
-        ftpp_sess_close(s, "421 Out of memory.\r\n", "out of memory");
+        fail(s, "421 Out of memory.\r\n", "out of memory");
         return;
     }
     size_t o = 0;
@@ -108,7 +115,7 @@ static void send_text(ftpp_sess *s, ftpp_expect ex, ftpp_reply_fn on_reply, cons
         free(br);
         dp_slog_warn(s->core.prefix, "backend write: %s", uv_strerror(rc));
         backend_gone(s);
-        ftpp_sess_close(s, "421 Lost the connection to the server.\r\n", "backend write failed");
+        fail(s, "421 Lost the connection to the server.\r\n", "backend write failed");
         return;
     }
     push_expect(s, ex, on_reply);
@@ -144,48 +151,6 @@ void ftpp_backend_orphan(ftpp_sess *s, ftpp_expect ex)
 
 /* ---- replies ---- */
 
-static void relay_line(ftpp_sess *s, const ftpp_reply_line *rl)
-{
-    ftpp_sess_reply_line(s, rl->text, rl->len);
-}
-
-/* RFC 2389 feature lines the proxy cannot honour: it offers no TLS (RFC 4217). */
-static bool feat_hidden(const ftpp_reply_line *rl)
-{
-    static const char *const hidden[] = {"AUTH", "PBSZ", "PROT", "CCC", "ADAT"};
-    if (rl->first || rl->last || rl->len < 2 || rl->text[0] != ' ')
-        return false;
-    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
-        size_t n = strlen(hidden[i]);
-        if (strncasecmp(rl->text + 1, hidden[i], n) == 0 &&
-            (rl->text[1 + n] == '\0' || rl->text[1 + n] == ' '))
-            return true;
-    }
-    return false;
-}
-
-void ftpp_backend_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
-{
-    relay_line(s, rl);
-    if (final)
-        ftpp_sess_ready(s);
-}
-
-void ftpp_backend_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
-{
-    if (!feat_hidden(rl))
-        relay_line(s, rl);
-    if (final)
-        ftpp_sess_ready(s);
-}
-
-void ftpp_backend_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
-{
-    relay_line(s, rl);
-    if (final)
-        ftpp_sess_close(s, NULL, "quit");
-}
-
 static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
 {
     /* RFC 959 §5.4: a server may send 421 at any time before closing. Anything else with
@@ -193,17 +158,16 @@ static void unsolicited(ftpp_sess *s, const ftpp_reply_line *rl)
     if (rl->last && rl->code == 421) {
         dp_slog_warn(s->core.prefix, "backend closing: %s", rl->text);
         backend_gone(s);
-        if (s->state == FTPP_ST_LOGGED_IN) {
-            relay_line(s, rl);
-            ftpp_sess_close(s, NULL, "backend sent 421");
+        if (s->state == FTPP_ST_LOGGED_IN && s->on_unsolicited != NULL) {
+            s->on_unsolicited(s, FTPP_EX_RELAY, rl, true);
+            fail(s, NULL, "backend sent 421");
         } else {
-            ftpp_sess_close(s, "421 Service not available, remote server closed.\r\n",
-                            "backend sent 421");
+            fail(s, "421 Service not available, remote server closed.\r\n", "backend sent 421");
         }
         return;
     }
-    if (s->state == FTPP_ST_LOGGED_IN && rl->code != 0)
-        relay_line(s, rl);
+    if (s->state == FTPP_ST_LOGGED_IN && rl->code != 0 && s->on_unsolicited != NULL)
+        s->on_unsolicited(s, FTPP_EX_RELAY, rl, rl->last);
     else
         dp_slog_warn(s->core.prefix, "unexpected backend reply line dropped: code=%d", rl->code);
 }
@@ -243,11 +207,12 @@ static void backend_lost(ftpp_sess *s, const char *why)
         return;
     dp_slog_warn(s->core.prefix, "backend control connection: %s", why);
     backend_gone(s);
+    char reason[200];
     if (s->state == FTPP_ST_LOGGED_IN)
-        ftpp_sess_close(s, "421 Service not available, remote server closed the connection.\r\n",
-                        "backend closed");
+        snprintf(reason, sizeof reason, "backend closed");
     else
-        ftpp_login_backend_lost(s, why);
+        snprintf(reason, sizeof reason, "backend closed during login: %s", why);
+    fail(s, "421 Service not available, remote server closed the connection.\r\n", reason);
 }
 
 static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
@@ -286,8 +251,10 @@ void ftpp_backend_resume(ftpp_sess *s)
 
 /* ---- the connection ---- */
 
-int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr)
+int ftpp_backend_open(ftpp_sess *s, int fd, const struct sockaddr *addr,
+                      ftpp_backend_fail_fn on_fail)
 {
+    s->on_backend_fail = on_fail;
     memcpy(&s->backend_addr, addr, dp_sockaddr_len(addr));
     int rc = uv_tcp_init(dp_worker_loop(s->core.w), &s->backend);
     if (rc != 0) {

@@ -166,11 +166,20 @@ static int sock_watch(ftpp_sess *s, int fd, bool listener, sock_cb cb, ftpp_sock
     kp->k.listener = listener;
     kp->s = s;
     kp->cb = cb;
-    uv_poll_init_socket(dp_worker_loop(s->core.w), &kp->k.poll, fd);
+    int rc = uv_poll_init_socket(dp_worker_loop(s->core.w), &kp->k.poll, fd);
+    if (rc != 0) { /* nothing registered: the memory and the fd go now */
+        close(fd);
+        free(kp);
+        return rc;
+    }
     kp->k.poll.data = kp;
-    dp_session_ref(&s->core);
-    uv_poll_start(&kp->k.poll, listener ? UV_READABLE : UV_WRITABLE, sock_event);
+    dp_session_ref(&s->core); /* until sock_closed */
     *out = &kp->k;
+    rc = uv_poll_start(&kp->k.poll, listener ? UV_READABLE : UV_WRITABLE, sock_event);
+    if (rc != 0) {
+        sock_close(out);
+        return rc;
+    }
     return 0;
 }
 
@@ -548,8 +557,7 @@ static void start_pump(ftpp_sess *s)
     int rc = ftpp_pump_start(p, dp_worker_loop(s->core.w), src, dst, (size_t)cf->transfer_buffer,
                              pump_done);
     if (rc != 0) {
-        free(p);
-        dp_session_unref(&s->core);
+        ftpp_pump_close(p, pump_freed);
         x->pump_done = true;
         x->pump_status = rc;
         dp_slog_error(s->core.prefix, "transfer relay: %s", strerror(-rc));
@@ -899,7 +907,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     ftpp_xfer *x = s->xfer;
     s->busy = true;
     if (x == NULL) {
-        ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_backend_relay_reply, "ABOR");
+        ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_sess_relay_reply, "ABOR");
         return;
     }
     if (x->state != FTPP_XS_COMMAND) {
@@ -926,7 +934,7 @@ void ftpp_data_cmd_abor(ftpp_sess *s)
     }
     /* Plain ABOR: the backend's data connection is gone already, which is what makes a
      * synchronous server (vsftpd's default) end the transfer with 426 and then read this. */
-    ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_backend_relay_reply, "ABOR");
+    ftpp_backend_send_line(s, FTPP_EX_ABOR, ftpp_sess_relay_reply, "ABOR");
 }
 
 void ftpp_data_cmd_stat(ftpp_sess *s)

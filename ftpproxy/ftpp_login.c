@@ -108,11 +108,14 @@ static void login_next(ftpp_sess *s)
     }
 }
 
-void ftpp_login_backend_lost(ftpp_sess *s, const char *why)
+/* dp_dial's connection failed during the login (it is the session's own after it). */
+static void backend_failed(ftpp_sess *s, const char *line, const char *reason)
 {
-    char reason[200];
-    snprintf(reason, sizeof reason, "backend closed during login: %s", why);
-    fail_421(s, "Service not available, remote server closed the connection.", reason);
+    char q[200];
+    /* the prefix names the user and the backend */
+    dp_log_event(DP_LOG_WARN, s->core.prefix, "backend_fail", "reason=%s",
+                 dp_logq(q, sizeof q, reason));
+    ftpp_sess_close(s, line, reason);
 }
 
 static void dialed(void *arg, const dp_dial_result *r)
@@ -125,7 +128,9 @@ static void dialed(void *arg, const dp_dial_result *r)
                  "backend connect timeout");
         return;
     }
-    int rc = r->status == 0 ? ftpp_backend_open(s, r->fd, (const struct sockaddr *)&r->peer) : 0;
+    int rc = r->status == 0
+                 ? ftpp_backend_open(s, r->fd, (const struct sockaddr *)&r->peer, backend_failed)
+                 : 0;
     if (r->status != 0 || rc != 0) {
         char reason[400];
         snprintf(reason, sizeof reason, "backend connect: %s",

@@ -114,16 +114,6 @@ static int ftpp_check(const void *conf, const dp_conf_src *src, char *err, size_
     return 0;
 }
 
-ftpp_worker *ftpp_worker_of(dp_worker *w)
-{
-    return dp_daemon_worker_data(w);
-}
-
-const ftpp_conf *ftpp_conf_of(dp_worker *w)
-{
-    return dp_daemon_worker_conf(w);
-}
-
 static int ftpp_start(dp_worker *w)
 {
     ftpp_worker *fw = calloc(1, sizeof *fw);

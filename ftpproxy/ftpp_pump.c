@@ -136,12 +136,29 @@ int ftpp_pump_start(ftpp_pump *p, uv_loop_t *loop, int src_fd, int dst_fd, size_
     fcntl(p->pipe_fd[1], F_SETPIPE_SZ, (int)cap);
     int got = fcntl(p->pipe_fd[1], F_GETPIPE_SZ);
     p->pipe_cap = got > 0 ? (size_t)got : 65536;
-    uv_poll_init_socket(loop, &p->src_poll, src_fd);
-    uv_poll_init_socket(loop, &p->dst_poll, dst_fd);
+    /* A handle that was initialised must be closed before its memory goes: on failure
+     * open_handles says how many, and ftpp_pump_close closes them (and the fds). */
     p->src_poll.data = p->dst_poll.data = p;
+    int rc = uv_poll_init_socket(loop, &p->src_poll, src_fd);
+    if (rc != 0)
+        return rc;
+    p->open_handles = 1;
+    rc = uv_poll_init_socket(loop, &p->dst_poll, dst_fd);
+    if (rc != 0)
+        return rc;
     p->open_handles = 2;
     pump_watch(p, UV_READABLE, 0); /* never calls cb from here: splices wait for readiness */
     return 0;
+}
+
+static void close_fds(ftpp_pump *p)
+{
+    int *fds[] = {&p->src_fd, &p->dst_fd, &p->pipe_fd[0], &p->pipe_fd[1]};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
 }
 
 static void pump_closed(uv_handle_t *h)
@@ -149,10 +166,7 @@ static void pump_closed(uv_handle_t *h)
     ftpp_pump *p = h->data;
     if (--p->open_handles > 0)
         return;
-    close(p->src_fd);
-    close(p->dst_fd);
-    close(p->pipe_fd[0]);
-    close(p->pipe_fd[1]);
+    close_fds(p);
     p->close_cb(p);
 }
 
@@ -165,13 +179,12 @@ void ftpp_pump_close(ftpp_pump *p, void (*close_cb)(ftpp_pump *p))
     p->close_cb = close_cb;
     if (p->open_handles == 0) {
         /* never started: only the fds */
-        if (p->src_fd >= 0)
-            close(p->src_fd);
-        if (p->dst_fd >= 0)
-            close(p->dst_fd);
+        close_fds(p);
         close_cb(p);
         return;
     }
+    /* a failed start initialised the source's handle only */
+    if (p->open_handles == 2)
+        uv_close((uv_handle_t *)&p->dst_poll, pump_closed);
     uv_close((uv_handle_t *)&p->src_poll, pump_closed);
-    uv_close((uv_handle_t *)&p->dst_poll, pump_closed);
 }

@@ -23,8 +23,6 @@
 #include "ftpp.h"
 
 #define CLOSE_FLUSH_MS 2000
-/* Stop reading backend replies while this much is queued toward a slow client. */
-#define CLIENT_WQ_HIGH (256u * 1024u)
 
 static dp_slots sessions_slots = DP_SLOTS_INIT;
 
@@ -64,7 +62,7 @@ static void client_write_done(uv_write_t *req, int status)
     }
     /* Backpressure: resume reading replies once the client caught up. */
     if (s->backend_connected && !s->backend_reading &&
-        uv_stream_get_write_queue_size((uv_stream_t *)&s->client) < CLIENT_WQ_HIGH / 4)
+        uv_stream_get_write_queue_size((uv_stream_t *)&s->client) < FTPP_CLIENT_WQ_HIGH / 4)
         ftpp_backend_resume(s);
 }
 
@@ -120,12 +118,6 @@ void ftpp_sess_reply(ftpp_sess *s, const char *fmt, ...)
     buf[n++] = '\r';
     buf[n++] = '\n';
     ftpp_sess_reply_raw(s, buf, (size_t)n);
-}
-
-bool ftpp_sess_client_congested(ftpp_sess *s)
-{
-    return s->client_open &&
-           uv_stream_get_write_queue_size((uv_stream_t *)&s->client) >= CLIENT_WQ_HIGH;
 }
 
 /* ---- timers ---- */
@@ -392,6 +384,68 @@ static void dispatch_prelogin(ftpp_sess *s, const char *verb, char *arg)
         ftpp_sess_ready(s);
 }
 
+/* ---- replies relayed from the backend ---- */
+
+static void relay_line(ftpp_sess *s, const ftpp_reply_line *rl)
+{
+    ftpp_sess_reply_line(s, rl->text, rl->len);
+}
+
+/* RFC 2389 feature lines the proxy cannot honour: it offers no TLS (RFC 4217). */
+static bool feat_hidden(const ftpp_reply_line *rl)
+{
+    static const char *const hidden[] = {"AUTH", "PBSZ", "PROT", "CCC", "ADAT"};
+    if (rl->first || rl->last || rl->len < 2 || rl->text[0] != ' ')
+        return false;
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
+        size_t n = strlen(hidden[i]);
+        if (strncasecmp(rl->text + 1, hidden[i], n) == 0 &&
+            (rl->text[1 + n] == '\0' || rl->text[1 + n] == ' '))
+            return true;
+    }
+    return false;
+}
+
+void ftpp_sess_relay_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    (void)ex;
+    relay_line(s, rl);
+    if (final)
+        ftpp_sess_ready(s);
+}
+
+void ftpp_sess_feat_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    (void)ex;
+    if (!feat_hidden(rl))
+        relay_line(s, rl);
+    if (final)
+        ftpp_sess_ready(s);
+}
+
+void ftpp_sess_quit_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    (void)ex;
+    relay_line(s, rl);
+    if (final)
+        ftpp_sess_close(s, NULL, "quit");
+}
+
+/* A line nothing asked for, once logged in: the client sees it (RFC 959 §5.4: a 421 before
+ * the backend closes). */
+static void unsolicited_reply(ftpp_sess *s, ftpp_expect ex, const ftpp_reply_line *rl, bool final)
+{
+    (void)ex;
+    (void) final;
+    relay_line(s, rl);
+}
+
+/* The backend connection failed after login. */
+static void backend_failed(ftpp_sess *s, const char *line, const char *reason)
+{
+    ftpp_sess_close(s, line, reason);
+}
+
 /* ---- commands after login ---- */
 
 static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *line)
@@ -418,9 +472,9 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
     } else if (strcmp(verb, "ABOR") == 0) {
         ftpp_data_cmd_abor(s);
     } else if (strcmp(verb, "QUIT") == 0) {
-        ftpp_backend_send_line(s, FTPP_EX_QUIT, ftpp_backend_quit_reply, line);
+        ftpp_backend_send_line(s, FTPP_EX_QUIT, ftpp_sess_quit_reply, line);
     } else if (strcmp(verb, "FEAT") == 0) {
-        ftpp_backend_send_line(s, FTPP_EX_FEAT, ftpp_backend_feat_reply, line);
+        ftpp_backend_send_line(s, FTPP_EX_FEAT, ftpp_sess_feat_reply, line);
     } else if (strcmp(verb, "USER") == 0) {
         /* The route was chosen for this user; another login would need another backend. */
         ftpp_sess_reply(s, "530 Can't change to another user.");
@@ -441,7 +495,7 @@ static void dispatch_loggedin(ftpp_sess *s, const char *verb, char *arg, char *l
         ftpp_sess_reply(s, "503 No security exchange was done.");
         ftpp_sess_ready(s);
     } else {
-        ftpp_backend_send_line(s, FTPP_EX_RELAY, ftpp_backend_relay_reply, line);
+        ftpp_backend_send_line(s, FTPP_EX_RELAY, ftpp_sess_relay_reply, line);
     }
 }
 
@@ -604,6 +658,8 @@ void ftpp_sess_logged_in(ftpp_sess *s)
 {
     const ftpp_conf *cf = ftpp_conf_of(s->core.w);
     s->state = FTPP_ST_LOGGED_IN;
+    s->on_backend_fail = backend_failed;
+    s->on_unsolicited = unsolicited_reply;
     s->login_clock_stopped = false;
     s->activity_ms = dp_now_ms();
     arm_main_timer(s, (uint64_t)cf->idle_timeout_s * 1000u);

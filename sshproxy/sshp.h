@@ -80,8 +80,16 @@ typedef struct sshp_worker {
     size_t nknown;
 } sshp_worker;
 
-sshp_worker *sshp_worker_of(dp_worker *w);
-const sshp_conf *sshp_conf_of(dp_worker *w);
+static inline sshp_worker *sshp_worker_of(dp_worker *w)
+{
+    return dp_daemon_worker_data(w);
+}
+
+/* The configuration this worker uses now (look it up again in each callback: reload). */
+static inline const sshp_conf *sshp_conf_of(dp_worker *w)
+{
+    return dp_daemon_worker_conf(w);
+}
 
 /* Limits on unauthenticated connections, process-wide (sshp_limits.c). */
 int sshp_startup_acquire(const struct sockaddr *client, int max_total, int max_per_ip);
@@ -184,6 +192,7 @@ typedef enum sshp_conn_state {
 
 typedef enum sshp_be_state {
     SSHP_BE_NONE,
+    SSHP_BE_WANTED,    /* the login needs it: the pump starts the dial */
     SSHP_BE_DIALING,   /* dp_dial: name resolution and TCP connect */
     SSHP_BE_HANDSHAKE, /* ssh_connect in progress */
     SSHP_BE_READY,     /* host key verified; authentication may start */
@@ -305,7 +314,6 @@ void sshp_auth_cleanup(sshp_conn *c);
 /* sshp_backend.c */
 void sshp_backend_start(sshp_conn *c);
 void sshp_backend_step(sshp_conn *c);
-void sshp_backend_message(sshp_conn *c, ssh_message m);
 void sshp_backend_cleanup(sshp_conn *c);
 
 /* A client global request (tcpip-forward, cancel-tcpip-forward) waiting for the backend. */

@@ -575,7 +575,8 @@ void sshp_auth_progress(sshp_conn *c)
     }
     switch (c->be) {
     case SSHP_BE_NONE:
-        sshp_backend_start(c);
+        c->be = SSHP_BE_WANTED; /* dialled by this pump (sshp_conn.c) */
+        c->pump_again = true;
         return;
     case SSHP_BE_FAILED:
         refuse_session(c, c->core.reason[0] ? c->core.reason : "backend unreachable",

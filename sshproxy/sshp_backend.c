@@ -242,34 +242,6 @@ void sshp_backend_start(sshp_conn *c)
         be_failed(c, "connect: %s", uv_strerror(rc));
 }
 
-static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
-{
-    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->bch == ch && p->state != SSHP_PAIR_DONE)
-            return true;
-    return false;
-}
-
-void sshp_backend_message(sshp_conn *c, ssh_message m)
-{
-    /* A channel request whose channel libssh may already have freed (the backend closed it
-     * in the same poll): replying would read freed memory. */
-    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL &&
-        !live_backend_channel(c, ssh_message_channel_request_channel(m))) {
-        ssh_message_free(m);
-        return;
-    }
-    /* Forwarded-tcpip and agent channel opens go to the channel bridge; anything else (e.g.
-     * "eow@openssh.com" channel requests) is answered so nothing piles up in libssh's
-     * unbounded queue. */
-    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL_OPEN && c->state == SSHP_CONN_OPEN) {
-        sshp_channel_backend_open(c, m);
-        return;
-    }
-    ssh_message_reply_default(m);
-    ssh_message_free(m);
-}
-
 void sshp_backend_cleanup(sshp_conn *c)
 {
     dp_dial_cancel(c->dial);

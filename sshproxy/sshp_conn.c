@@ -252,6 +252,34 @@ static void dispatch_client(sshp_conn *c, ssh_message m)
     }
 }
 
+static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
+{
+    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
+        if (p->bch == ch && p->state != SSHP_PAIR_DONE)
+            return true;
+    return false;
+}
+
+static void dispatch_backend(sshp_conn *c, ssh_message m)
+{
+    /* A channel request whose channel libssh may already have freed (the backend closed it
+     * in the same poll): replying would read freed memory. */
+    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL &&
+        !live_backend_channel(c, ssh_message_channel_request_channel(m))) {
+        ssh_message_free(m);
+        return;
+    }
+    /* Forwarded-tcpip and agent channel opens go to the channel bridge; anything else (e.g.
+     * "eow@openssh.com" channel requests) is answered so nothing piles up in libssh's
+     * unbounded queue. */
+    if (ssh_message_type(m) == SSH_REQUEST_CHANNEL_OPEN && c->state == SSHP_CONN_OPEN) {
+        sshp_channel_backend_open(c, m);
+        return;
+    }
+    ssh_message_reply_default(m);
+    ssh_message_free(m);
+}
+
 static void pump_once(sshp_conn *c)
 {
     if (c->cs != NULL && !session_dead(c->cs)) {
@@ -289,6 +317,8 @@ static void pump_once(sshp_conn *c)
             return;
         }
     }
+    if (c->be == SSHP_BE_WANTED)
+        sshp_backend_start(c);
     if (c->be == SSHP_BE_HANDSHAKE)
         sshp_backend_step(c);
     if (c->state == SSHP_CONN_DEAD)
@@ -318,7 +348,7 @@ static void pump_once(sshp_conn *c)
         ssh_message m;
         int n = 0;
         while (!session_dead(c->bs) && n < MESSAGE_BUDGET && (m = ssh_message_get(c->bs)) != NULL) {
-            sshp_backend_message(c, m);
+            dispatch_backend(c, m);
             if (++n == MESSAGE_BUDGET)
                 c->pump_again = true;
         }

@@ -114,16 +114,6 @@ static void libssh_log(int priority, const char *function, const char *buffer, v
 
 /* ---- worker lifecycle ---- */
 
-sshp_worker *sshp_worker_of(dp_worker *w)
-{
-    return dp_daemon_worker_data(w);
-}
-
-const sshp_conf *sshp_conf_of(dp_worker *w)
-{
-    return dp_daemon_worker_conf(w);
-}
-
 static int bind_set(ssh_bind b, enum ssh_bind_options_e opt, const void *v, const char *what)
 {
     if (ssh_bind_options_set(b, opt, v) != SSH_OK) {
