@@ -150,14 +150,25 @@ typedef enum sshp_pair_kind {
     SSHP_PK_AGENT,     /* backend opened auth-agent@openssh.com (ssh -A) */
 } sshp_pair_kind;
 
+/* One side of a pair: the channel toward the client (pair.c) or toward the backend (pair.b),
+ * and what happened on it; forwarded to the other side once the data before it is drained. */
+typedef struct sshp_pair_side {
+    struct sshp_pair *pair;
+    ssh_channel ch;
+    struct ssh_channel_callbacks_struct cb; /* userdata: this side */
+    bool eof, closed;                       /* arrived from this side */
+    bool eof_sent;                          /* this side's EOF went to the other side */
+    bool close_done;                        /* our CLOSE to this side went out */
+    uint64_t close_started_ms;              /* first try to send our CLOSE (client side) */
+} sshp_pair_side;
+
 typedef struct sshp_pair {
     sshp_conn *conn;
     sshp_pair_state state;
     sshp_pair_kind kind;
     bool reverse;         /* opened by the backend: we open the client side first */
     ssh_message open_msg; /* the peer's open request, answered when our side is open */
-    ssh_channel cch, bch; /* client side, backend side */
-    struct ssh_channel_callbacks_struct ccb, bcb;
+    sshp_pair_side c, b;  /* client side, backend side */
     /* staging: [0] client->backend, [1] backend->client stdout, [2] backend->client stderr */
     sshp_buf st[3];
     bool leftover[3]; /* a callback could not take everything: bytes wait in libssh */
@@ -166,16 +177,12 @@ typedef struct sshp_pair {
      * the signal for it can arrive together, and messages are dispatched after callbacks) */
     sshp_req *signals, **signals_tail;
     unsigned nreqs;
-    uint64_t closing_since_ms;   /* entered SSHP_PAIR_CLOSING */
-    uint64_t c_close_started_ms; /* first try to send our CLOSE to the client */
-    /* what arrived, forwarded once the data before it is drained */
-    bool c_eof, b_eof, c_closed, b_closed;
-    bool c_eof_sent, b_eof_sent;
+    uint64_t closing_since_ms; /* entered SSHP_PAIR_CLOSING */
+    /* the backend's exit status or signal, forwarded once the data before it is drained */
     bool exit_status_set, exit_signal_set, exit_sent;
     int exit_status;
     char *exit_signal, *exit_errmsg;
     bool exit_core;
-    bool c_close_done, b_close_done;
     uint64_t bytes_in, bytes_out;
     struct sshp_pair *next;
 } sshp_pair;
@@ -207,91 +214,101 @@ typedef enum sshp_auth_kind {
     SSHP_AUTH_KBDINT,
 } sshp_auth_kind;
 
-struct sshp_conn {
-    dp_session core; /* first: id, client, user, route, bytes, end, references (dp_session.h) */
-    sshp_worker *sw;
-    sshp_conn_state state;
-    bool startup_slot;
+/* The client-facing libssh session (read, flushed and closed by sshp_conn.c). */
+typedef struct sshp_client {
+    ssh_session session;
+    ssh_event event;
+    uv_poll_t poll; /* on a dup() of the client fd: libssh owns and may close the fd */
+    int poll_fd;
+    bool poll_open;
+    struct ssh_counter_struct counter; /* what libssh read from the client (raw bytes) */
+    /* libssh may still hold messages it parsed that we have not taken: read again only once
+     * they are (see held_bytes in sshp_conn) */
+    bool backlog;
+    bool writable;          /* the poll said writable (or failed) since the last read */
+    bool closing_writable;  /* a writable poll while closing left nothing to write */
+    bool linger;            /* our DISCONNECT went out: close with dp_linger_close */
+    unsigned closing_reads; /* reads a closing connection got to flush (SSHP_CLOSING_READS) */
+} sshp_client;
 
-    /* client-facing libssh session */
-    ssh_session cs;
-    ssh_event cev;
-    uv_poll_t cpoll; /* on a dup() of the client fd: libssh owns and may close the fd */
-    int cpoll_fd;
-    bool cpoll_open;
-
-    /* backend libssh session */
-    sshp_be_state be;
-    ssh_session bs;
-    ssh_event bev;
-    int bfd;
-    uv_poll_t bpoll;
-    int bpoll_fd;
-    bool bpoll_open;
-    dp_dial *dial;          /* while the backend is dialled */
-    bool bs_connect_called; /* ssh_free closes the fd only after ssh_connect ran */
-    uv_timer_t be_timer;    /* backend handshake deadline */
-    bool be_timer_open;
-    uint64_t be_dial_ns; /* uv_hrtime() at the TCP connect (dynproxy_backend_connect_seconds) */
-
-    uv_timer_t timer; /* login grace / connect / idle / close deadline */
+/* The proxy's own libssh session to the backend (sshp_backend.c). */
+typedef struct sshp_backend {
+    sshp_be_state state;
+    ssh_session session;
+    ssh_event event;
+    int fd; /* from dp_dial; libssh's once ssh_connect ran */
+    uv_poll_t poll;
+    int poll_fd;
+    bool poll_open;
+    dp_dial *dial;       /* while the backend is dialled */
+    bool connect_called; /* ssh_free closes the fd only after ssh_connect ran */
+    uv_timer_t timer;    /* handshake deadline */
     bool timer_open;
+    uint64_t dial_ns; /* uv_hrtime() at the TCP connect (dynproxy_backend_connect_seconds) */
+} sshp_backend;
 
-    /* routing (the route itself is core.route) */
-    dp_route_lookup *lookup; /* while the route is looked up only */
+/* Authentication of the client and, with its credentials, at the backend (sshp_auth.c). */
+typedef struct sshp_auth {
+    dp_route_lookup *lookup; /* while the route is looked up only (the answer: core.route) */
     bool lookup_pending;
     dp_hook_call *keys_call;
     bool keys_pending, keys_known;
     bool keys_failed; /* no fresh keys and no recent ones: "temporarily unavailable" */
     char **keys;
     size_t nkeys;
-
-    /* authentication */
-    ssh_message held_auth; /* waiting for the route / backend */
-    sshp_auth_kind auth_kind;
+    ssh_message held; /* the request waiting for the route / backend */
+    sshp_auth_kind kind;
     char *password; /* wiped as soon as the backend has it */
-    bool be_auth_started;
+    bool backend_started;
     uv_timer_t fail_timer; /* delays failures so unknown users look like wrong passwords */
     bool fail_timer_open, fail_pending;
-    const char *auth_method; /* for the session log line */
-
-    /* channels */
-    sshp_pair *pairs;
-    unsigned npairs;
-    bool agent_forwarding; /* the client asked for it: backend agent channels are bridged */
-    unsigned nforwards;    /* remote forwards (-R) the backend holds for this client */
-    struct sshp_global *globals, **globals_tail; /* client global requests, one at a time */
-    unsigned nglobals;
-    /* Memory a client can make the proxy hold is bounded by design, not by luck: the bytes
-     * of the requests queued in our lists are counted (SSHP_HELD_MAX: above it the client is
-     * not read until requests complete), libssh is read again only once it has handed over
-     * every message it parsed (client_backlog), and a closing connection is given a fixed
-     * number of reads (SSHP_CLOSING_READS) to flush its DISCONNECT. */
-    size_t held_bytes;
-    bool client_backlog;
-    struct ssh_counter_struct client_counter; /* what libssh read from the client (raw bytes) */
-    unsigned closing_reads;
-    bool client_writable;   /* the client's poll said writable (or failed) since the last read */
-    bool closing_writable;  /* a writable poll while closing left nothing to write */
-    bool linger;            /* our DISCONNECT went out: close with dp_linger_close */
-    const char *abuse;      /* set by a callback: the peer broke the protocol; end the connection */
-    unsigned auth_requests; /* every auth request, answered by us or not (flood bound) */
-    uv_timer_t chan_timer;  /* pumps again at the nearest channel close deadline */
-    bool chan_timer_open;
-    uv_idle_t next_turn; /* pumps again on the next loop turn: a pump ran out of rounds with
-                          * work left (an idle handle, not a 0 ms timer: libuv < 1.48 runs a
-                          * timer re-armed from its callback again before polling) */
-    bool next_turn_open;
-
-    /* end (the reason and result are core's; core.bytes_in/out count closed pairs) */
-    char disconnect_msg[DPH_MESSAGE_MAX + 64];
-    bool in_pump, pump_again;
-    uint64_t last_activity_ms;    /* data through any channel (idle timeout) */
-    uint64_t buffers_released_at; /* last_activity_ms when libssh's buffers were given back */
+    const char *method; /* for the session log lines */
+    unsigned requests;  /* every auth request, answered by us or not (flood bound) */
     /* a per-route key file (mapped-key, or proxy-key with key_path), read on the threadpool */
     uv_work_t key_work;
     bool key_loading, key_loaded;
     ssh_key route_key;
+} sshp_auth;
+
+/* The channel pairs and the client's global requests (sshp_channel.c). */
+typedef struct sshp_channels {
+    sshp_pair *pairs;
+    unsigned npairs;
+    bool agent_forwarding; /* the client asked for it: backend agent channels are bridged */
+    unsigned nforwards;    /* remote forwards (-R) the backend holds for this client */
+    struct sshp_global *globals, **globals_tail; /* one at a time */
+    unsigned nglobals;
+    uv_timer_t timer; /* pumps again at the nearest channel close deadline */
+    bool timer_open;
+} sshp_channels;
+
+struct sshp_conn {
+    dp_session core; /* first: id, client, user, route, bytes, end, references (dp_session.h) */
+    sshp_worker *sw;
+    sshp_conn_state state;
+    bool startup_slot;
+    sshp_client client;
+    sshp_backend backend;
+    sshp_auth auth;
+    sshp_channels chans;
+
+    uv_timer_t timer; /* login grace / idle / close deadline */
+    bool timer_open;
+    /* Memory a client can make the proxy hold is bounded by design, not by luck: the bytes
+     * of the requests queued in our lists are counted (SSHP_HELD_MAX: above it the client is
+     * not read until requests complete), libssh is read again only once it has handed over
+     * every message it parsed (client.backlog), and a closing connection is given a fixed
+     * number of reads (SSHP_CLOSING_READS) to flush its DISCONNECT. */
+    size_t held_bytes;
+    const char *abuse;   /* set by a callback: the peer broke the protocol; end the connection */
+    uv_idle_t next_turn; /* pumps again on the next loop turn: a pump ran out of rounds with
+                          * work left (an idle handle, not a 0 ms timer: libuv < 1.48 runs a
+                          * timer re-armed from its callback again before polling) */
+    bool next_turn_open;
+    bool in_pump, pump_again;
+    char disconnect_msg[DPH_MESSAGE_MAX + 64];
+    uint64_t last_activity_ms;    /* data through any channel (idle timeout) */
+    uint64_t buffers_released_at; /* last_activity_ms when libssh's buffers were given back */
 };
 
 /* sshp_conn.c */

@@ -16,42 +16,42 @@
 
 static void wipe_password(sshp_conn *c)
 {
-    if (c->password != NULL) {
-        explicit_bzero(c->password, strlen(c->password));
-        free(c->password);
-        c->password = NULL;
+    if (c->auth.password != NULL) {
+        explicit_bzero(c->auth.password, strlen(c->auth.password));
+        free(c->auth.password);
+        c->auth.password = NULL;
     }
 }
 
 static void free_keys(sshp_conn *c)
 {
-    for (size_t i = 0; i < c->nkeys; i++)
-        free(c->keys[i]);
-    free(c->keys);
-    c->keys = NULL;
-    c->nkeys = 0;
+    for (size_t i = 0; i < c->auth.nkeys; i++)
+        free(c->auth.keys[i]);
+    free(c->auth.keys);
+    c->auth.keys = NULL;
+    c->auth.nkeys = 0;
 }
 
 void sshp_auth_cleanup(sshp_conn *c)
 {
-    if (c->lookup_pending) {
-        dp_route_cache_cancel(c->lookup);
-        c->lookup_pending = false;
+    if (c->auth.lookup_pending) {
+        dp_route_cache_cancel(c->auth.lookup);
+        c->auth.lookup_pending = false;
     }
-    free(c->lookup);
-    c->lookup = NULL;
-    if (c->keys_pending) {
-        dp_hook_call_cancel(c->keys_call); /* its callback still runs: it checks the state */
+    free(c->auth.lookup);
+    c->auth.lookup = NULL;
+    if (c->auth.keys_pending) {
+        dp_hook_call_cancel(c->auth.keys_call); /* its callback still runs: it checks the state */
     }
-    if (c->held_auth != NULL) {
-        ssh_message_free(c->held_auth);
-        c->held_auth = NULL;
+    if (c->auth.held != NULL) {
+        ssh_message_free(c->auth.held);
+        c->auth.held = NULL;
     }
     wipe_password(c);
     free_keys(c);
-    if (!c->key_loading) {
-        ssh_key_free(c->route_key);
-        c->route_key = NULL;
+    if (!c->auth.key_loading) {
+        ssh_key_free(c->auth.route_key);
+        c->auth.route_key = NULL;
     }
 }
 
@@ -60,10 +60,10 @@ void sshp_auth_cleanup(sshp_conn *c)
 static void on_route(dp_route_lookup *lk, const dph_route *route, dp_cache_result how)
 {
     sshp_conn *c = lk->data;
-    c->lookup_pending = false;
+    c->auth.lookup_pending = false;
     dp_session_set_route(&c->core, route);
-    free(c->lookup); /* `route` pointed into it: copied above */
-    c->lookup = NULL;
+    free(c->auth.lookup); /* `route` pointed into it: copied above */
+    c->auth.lookup = NULL;
     route = &c->core.route;
     dp_slog_debug(c->core.prefix, "route: status %d backend %s (%s)", route->status, route->backend,
                   how == DP_CACHE_HIT ? "cached" : "hook");
@@ -73,56 +73,56 @@ static void on_route(dp_route_lookup *lk, const dph_route *route, dp_cache_resul
 static void on_keys(void *arg, int status, const char *const *keys, size_t n)
 {
     sshp_conn *c = arg;
-    c->keys_pending = false;
-    c->keys_call = NULL;
+    c->auth.keys_pending = false;
+    c->auth.keys_call = NULL;
     if (c->state == SSHP_CONN_DEAD) { /* teardown cancelled us and waited for this callback */
         dp_session_unref(&c->core);
         return;
     }
     if (status == 0) {
-        c->keys = calloc(n ? n : 1, sizeof *c->keys);
-        for (size_t i = 0; c->keys != NULL && i < n; i++)
-            if ((c->keys[c->nkeys] = strdup(keys[i])) != NULL)
-                c->nkeys++;
+        c->auth.keys = calloc(n ? n : 1, sizeof *c->auth.keys);
+        for (size_t i = 0; c->auth.keys != NULL && i < n; i++)
+            if ((c->auth.keys[c->auth.nkeys] = strdup(keys[i])) != NULL)
+                c->auth.nkeys++;
         sshp_keycache_store(c->core.user, keys, n);
     } else {
         const sshp_conf *cf = sshp_conf_of(c->core.w);
         if (sshp_keycache_get(c->core.user,
                               (uint64_t)cf->common.cache_ttl_ms + cf->common.cache_stale_ms,
-                              &c->keys, &c->nkeys) == 0) {
+                              &c->auth.keys, &c->auth.nkeys) == 0) {
             dp_slog_warn(c->core.prefix,
                          "authorized keys unavailable (%s); using the last known ones",
                          strerror(-status));
         } else {
             dp_slog_warn(c->core.prefix, "authorized keys unavailable: %s", strerror(-status));
-            c->keys_failed = true;
+            c->auth.keys_failed = true;
         }
     }
-    c->keys_known = true;
+    c->auth.keys_known = true;
     sshp_conn_pump(c);
     dp_session_unref(&c->core);
 }
 
 static void start_lookup(sshp_conn *c)
 {
-    c->lookup = calloc(1, sizeof *c->lookup);
-    int rc = c->lookup == NULL ? -ENOMEM : 0;
+    c->auth.lookup = calloc(1, sizeof *c->auth.lookup);
+    int rc = c->auth.lookup == NULL ? -ENOMEM : 0;
     if (rc == 0) {
-        c->lookup->data = c;
-        rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->core.w), c->lookup, c->core.user,
+        c->auth.lookup->data = c;
+        rc = dp_route_cache_lookup(dp_daemon_worker_cache(c->core.w), c->auth.lookup, c->core.user,
                                    (const struct sockaddr *)&c->core.client, DPH_PROTO_SSH,
                                    on_route);
     }
     if (rc != 0) {
-        free(c->lookup);
-        c->lookup = NULL;
+        free(c->auth.lookup);
+        c->auth.lookup = NULL;
         memset(&c->core.route, 0, sizeof c->core.route);
         /* an unusable name is just an unknown user; no memory is a failure for now */
         c->core.route.status = rc == -ENOMEM ? DPH_ROUTE_TEMPFAIL : DPH_ROUTE_UNKNOWN_USER;
         c->core.route_known = true;
         return;
     }
-    c->lookup_pending = true;
+    c->auth.lookup_pending = true;
 }
 
 static void start_keys(sshp_conn *c)
@@ -133,12 +133,12 @@ static void start_keys(sshp_conn *c)
                        .proto = DPH_PROTO_SSH,
                        .timeout_ms = cf->common.hook_timeout_ms};
     int rc = dp_hook_keys_async(dp_daemon_worker_hook(c->core.w), dp_worker_loop(c->core.w), &req,
-                                MAX_KEYS, on_keys, c, &c->keys_call);
+                                MAX_KEYS, on_keys, c, &c->auth.keys_call);
     if (rc != 0) {
-        c->keys_known = true; /* no keys: public-key logins are refused */
+        c->auth.keys_known = true; /* no keys: public-key logins are refused */
         return;
     }
-    c->keys_pending = true;
+    c->auth.keys_pending = true;
     dp_session_ref(&c->core); /* until on_keys has run */
 }
 
@@ -150,19 +150,19 @@ static void send_banner(sshp_conn *c, const char *text)
     snprintf(line, sizeof line, "%s\r\n", text);
     ssh_string s = ssh_string_from_char(line);
     if (s != NULL) {
-        ssh_send_issue_banner(c->cs, s);
+        ssh_send_issue_banner(c->client.session, s);
         ssh_string_free(s);
     }
 }
 
 static void reply_failure(sshp_conn *c)
 {
-    if (c->held_auth == NULL)
+    if (c->auth.held == NULL)
         return;
-    ssh_message_auth_set_methods(c->held_auth, METHODS);
-    ssh_message_reply_default(c->held_auth);
-    ssh_message_free(c->held_auth);
-    c->held_auth = NULL;
+    ssh_message_auth_set_methods(c->auth.held, METHODS);
+    ssh_message_reply_default(c->auth.held);
+    ssh_message_free(c->auth.held);
+    c->auth.held = NULL;
 }
 
 static void after_failure(sshp_conn *c)
@@ -175,7 +175,7 @@ static void after_failure(sshp_conn *c)
 static void on_fail_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
-    c->fail_pending = false;
+    c->auth.fail_pending = false;
     reply_failure(c);
     after_failure(c);
     sshp_conn_pump(c);
@@ -187,8 +187,8 @@ static void count_auth_failure(const sshp_conn *c, dp_auth_reason r)
     static const int methods[] = {[SSHP_AUTH_PASSWORD] = DP_AUTHM_PASSWORD,
                                   [SSHP_AUTH_PUBKEY] = DP_AUTHM_PUBLICKEY,
                                   [SSHP_AUTH_KBDINT] = DP_AUTHM_KBDINT};
-    if (c->auth_kind != SSHP_AUTH_NONE_YET)
-        dp_metrics_auth_failure((dp_auth_method)methods[c->auth_kind], r);
+    if (c->auth.kind != SSHP_AUTH_NONE_YET)
+        dp_metrics_auth_failure((dp_auth_method)methods[c->auth.kind], r);
 }
 
 /* Refuse the held attempt. `delay` paces refusals the backend did not already pace, so an
@@ -201,14 +201,14 @@ static void auth_fail(sshp_conn *c, const char *why, dp_auth_reason r, bool dela
     wipe_password(c);
     static const char *const kinds[] = {"none", "password", "publickey", "keyboard-interactive"};
     dp_log_event(DP_LOG_INFO, c->core.prefix, "auth_fail", "method=%s reason=%s",
-                 kinds[c->auth_kind], why);
+                 kinds[c->auth.kind], why);
     count_auth_failure(c, r);
-    if (delay && cf->auth_fail_delay_ms > 0 && c->fail_timer_open) {
+    if (delay && cf->auth_fail_delay_ms > 0 && c->auth.fail_timer_open) {
         /* +-25 % jitter: a fixed delay would itself tell unknown users apart. */
         uint64_t base = (uint64_t)cf->auth_fail_delay_ms;
         uint64_t ms = base * 3 / 4 + (uint64_t)(random() % (long)(base / 2 + 1));
-        c->fail_pending = true;
-        uv_timer_start(&c->fail_timer, on_fail_timer, ms, 0);
+        c->auth.fail_pending = true;
+        uv_timer_start(&c->auth.fail_timer, on_fail_timer, ms, 0);
         return;
     }
     reply_failure(c);
@@ -219,11 +219,11 @@ static void auth_succeeded(sshp_conn *c)
 {
     const sshp_conf *cf = sshp_conf_of(c->core.w);
     wipe_password(c);
-    ssh_message_auth_reply_success(c->held_auth, 0);
-    ssh_message_free(c->held_auth);
-    c->held_auth = NULL;
+    ssh_message_auth_reply_success(c->auth.held, 0);
+    ssh_message_free(c->auth.held);
+    c->auth.held = NULL;
     c->state = SSHP_CONN_OPEN;
-    c->be = SSHP_BE_AUTHED;
+    c->backend.state = SSHP_BE_AUTHED;
     if (c->startup_slot) {
         sshp_startup_release((struct sockaddr *)&c->core.client);
         c->startup_slot = false;
@@ -235,10 +235,12 @@ static void auth_succeeded(sshp_conn *c)
         uv_timer_stop(&c->timer);
     /* What each hop negotiated: an operator answering "is my session post-quantum?" reads
      * it here (the backend hop is the weaker one when the backend is old). */
-    const char *ckex = ssh_get_kex_algo(c->cs), *bkex = ssh_get_kex_algo(c->bs);
-    const char *ccipher = ssh_get_cipher_in(c->cs), *bcipher = ssh_get_cipher_out(c->bs);
+    const char *ckex = ssh_get_kex_algo(c->client.session),
+               *bkex = ssh_get_kex_algo(c->backend.session);
+    const char *ccipher = ssh_get_cipher_in(c->client.session),
+               *bcipher = ssh_get_cipher_out(c->backend.session);
     dp_session_log(&c->core, "session_start",
-                   "auth=%s kex=%s cipher=%s backend_kex=%s backend_cipher=%s", c->auth_method,
+                   "auth=%s kex=%s cipher=%s backend_kex=%s backend_cipher=%s", c->auth.method,
                    ckex != NULL ? ckex : "-", ccipher != NULL ? ccipher : "-",
                    bkex != NULL ? bkex : "-", bcipher != NULL ? bcipher : "-");
     dp_session_logged_in(&c->core);
@@ -271,8 +273,8 @@ static ssh_key parse_authorized(sshp_conn *c, const char *line)
 
 static bool key_listed(sshp_conn *c, ssh_key offered)
 {
-    for (size_t i = 0; i < c->nkeys; i++) {
-        ssh_key k = parse_authorized(c, c->keys[i]);
+    for (size_t i = 0; i < c->auth.nkeys; i++) {
+        ssh_key k = parse_authorized(c, c->auth.keys[i]);
         bool same = k != NULL && ssh_key_cmp(k, offered, SSH_KEY_CMP_PUBLIC) == 0;
         ssh_key_free(k);
         if (same)
@@ -306,12 +308,12 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
     /* Requests we answer ourselves ("none", methods not offered, extra ones while one is
      * held) are cheap for the client and would otherwise be unbounded. */
     const sshp_conf *cf = sshp_conf_of(c->core.w);
-    if (++c->auth_requests > (unsigned)cf->max_auth_tries * 4 + 8) {
+    if (++c->auth.requests > (unsigned)cf->max_auth_tries * 4 + 8) {
         ssh_message_free(m);
         sshp_conn_fail(c, "too many authentication requests", "Too many authentication failures");
         return;
     }
-    if (c->state != SSHP_CONN_AUTH || c->held_auth != NULL) {
+    if (c->state != SSHP_CONN_AUTH || c->auth.held != NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
         return;
@@ -325,19 +327,19 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
     switch (ssh_message_subtype(m)) {
     case SSH_AUTH_METHOD_PASSWORD: {
         const char *pw = ssh_message_auth_password(m);
-        c->password = strdup(pw != NULL ? pw : "");
-        if (c->password == NULL) {
+        c->auth.password = strdup(pw != NULL ? pw : "");
+        if (c->auth.password == NULL) {
             ssh_message_reply_default(m);
             ssh_message_free(m);
             return;
         }
-        c->auth_kind = SSHP_AUTH_PASSWORD;
-        c->held_auth = m;
+        c->auth.kind = SSHP_AUTH_PASSWORD;
+        c->auth.held = m;
         break;
     }
     case SSH_AUTH_METHOD_INTERACTIVE:
-        if (!ssh_message_auth_kbdint_is_response(m) && c->auth_kind == SSHP_AUTH_KBDINT &&
-            c->be_auth_started) {
+        if (!ssh_message_auth_kbdint_is_response(m) && c->auth.kind == SSHP_AUTH_KBDINT &&
+            c->auth.backend_started) {
             /* A new round while the backend's prompts are still unanswered: libssh would send
              * the old prompts' (empty) answers. Not something a real client does. */
             ssh_message_free(m);
@@ -348,24 +350,25 @@ void sshp_auth_message(sshp_conn *c, ssh_message m)
         if (ssh_message_auth_kbdint_is_response(m)) {
             bool fake_prompt =
                 c->core.route_known && c->core.route.status == DPH_ROUTE_UNKNOWN_USER;
-            if (c->auth_kind != SSHP_AUTH_KBDINT || (!c->be_auth_started && !fake_prompt)) {
+            if (c->auth.kind != SSHP_AUTH_KBDINT || (!c->auth.backend_started && !fake_prompt)) {
                 ssh_message_reply_default(m);
                 ssh_message_free(m);
                 return;
             }
             /* Answers to the backend's prompts we relayed: hand them over. */
-            int n = fake_prompt ? 0 : ssh_userauth_kbdint_getnanswers(c->cs);
+            int n = fake_prompt ? 0 : ssh_userauth_kbdint_getnanswers(c->client.session);
             for (int i = 0; i < n; i++)
-                ssh_userauth_kbdint_setanswer(c->bs, (unsigned)i,
-                                              ssh_userauth_kbdint_getanswer(c->cs, (unsigned)i));
+                ssh_userauth_kbdint_setanswer(
+                    c->backend.session, (unsigned)i,
+                    ssh_userauth_kbdint_getanswer(c->client.session, (unsigned)i));
         }
-        c->auth_kind = SSHP_AUTH_KBDINT;
-        c->held_auth = m;
+        c->auth.kind = SSHP_AUTH_KBDINT;
+        c->auth.held = m;
         break;
     case SSH_AUTH_METHOD_PUBLICKEY:
-        c->auth_kind = SSHP_AUTH_PUBKEY;
-        c->held_auth = m;
-        if (!c->keys_known && !c->keys_pending)
+        c->auth.kind = SSHP_AUTH_PUBKEY;
+        c->auth.held = m;
+        if (!c->auth.keys_known && !c->auth.keys_pending)
             start_keys(c);
         break;
     default:
@@ -393,18 +396,18 @@ static void refuse_session(sshp_conn *c, const char *reason, const char *text)
 static void key_load_work(uv_work_t *w)
 {
     sshp_conn *c = w->data;
-    if (ssh_pki_import_privkey_file(c->core.route.key_path, NULL, NULL, NULL, &c->route_key) !=
+    if (ssh_pki_import_privkey_file(c->core.route.key_path, NULL, NULL, NULL, &c->auth.route_key) !=
         SSH_OK)
-        c->route_key = NULL;
+        c->auth.route_key = NULL;
 }
 
 static void key_load_done(uv_work_t *w, int status)
 {
     sshp_conn *c = w->data;
-    c->key_loading = false;
-    c->key_loaded = true;
+    c->auth.key_loading = false;
+    c->auth.key_loaded = true;
     if (c->state != SSHP_CONN_DEAD) {
-        if (c->route_key == NULL)
+        if (c->auth.route_key == NULL)
             dp_slog_error(c->core.prefix, "cannot read key %s for backend %s",
                           c->core.route.key_path, c->core.route.backend);
         sshp_conn_pump(c);
@@ -414,12 +417,13 @@ static void key_load_done(uv_work_t *w, int status)
 
 static void start_key_load(sshp_conn *c)
 {
-    c->key_work.data = c;
-    if (uv_queue_work(dp_worker_loop(c->core.w), &c->key_work, key_load_work, key_load_done) == 0) {
-        c->key_loading = true;
+    c->auth.key_work.data = c;
+    if (uv_queue_work(dp_worker_loop(c->core.w), &c->auth.key_work, key_load_work, key_load_done) ==
+        0) {
+        c->auth.key_loading = true;
         dp_session_ref(&c->core);
     } else
-        c->key_loaded = true; /* route_key stays NULL: refused with a log line */
+        c->auth.key_loaded = true; /* route_key stays NULL: refused with a log line */
 }
 
 static void backend_auth(sshp_conn *c)
@@ -428,14 +432,14 @@ static void backend_auth(sshp_conn *c)
     int rc;
     bool key_route =
         c->core.route.auth == DPH_AUTH_MAPPED_KEY || c->core.route.auth == DPH_AUTH_PROXY_KEY;
-    if (c->auth_kind == SSHP_AUTH_KBDINT && !key_route) {
+    if (c->auth.kind == SSHP_AUTH_KBDINT && !key_route) {
         /* Passthrough: the backend's prompts (PAM, OTP) go to the client and back. */
-        c->auth_method = "keyboard-interactive";
+        c->auth.method = "keyboard-interactive";
         /* Called for the client's first request and again once it has answered (the answers
          * are already set on the backend session); libssh sends what is set. */
-        rc = ssh_userauth_kbdint(c->bs, buser, NULL);
+        rc = ssh_userauth_kbdint(c->backend.session, buser, NULL);
         if (rc == SSH_AUTH_INFO) {
-            int n = ssh_userauth_kbdint_getnprompts(c->bs);
+            int n = ssh_userauth_kbdint_getnprompts(c->backend.session);
             const char *prompts[32];
             char echo[32];
             if (n < 0 || n > 32) {
@@ -443,21 +447,22 @@ static void backend_auth(sshp_conn *c)
                 return;
             }
             for (int i = 0; i < n; i++)
-                prompts[i] = ssh_userauth_kbdint_getprompt(c->bs, (unsigned)i, &echo[i]);
-            ssh_message_auth_interactive_request(c->held_auth, ssh_userauth_kbdint_getname(c->bs),
-                                                 ssh_userauth_kbdint_getinstruction(c->bs),
-                                                 (unsigned)n, prompts, echo);
-            ssh_message_free(c->held_auth);
-            c->held_auth = NULL;
-            c->be_auth_started = true; /* the round goes on when the client answers */
+                prompts[i] =
+                    ssh_userauth_kbdint_getprompt(c->backend.session, (unsigned)i, &echo[i]);
+            ssh_message_auth_interactive_request(
+                c->auth.held, ssh_userauth_kbdint_getname(c->backend.session),
+                ssh_userauth_kbdint_getinstruction(c->backend.session), (unsigned)n, prompts, echo);
+            ssh_message_free(c->auth.held);
+            c->auth.held = NULL;
+            c->auth.backend_started = true; /* the round goes on when the client answers */
             return;
         }
-    } else if (c->auth_kind == SSHP_AUTH_PASSWORD && !key_route) {
-        c->auth_method = "password";
-        rc = ssh_userauth_password(c->bs, buser, c->password);
+    } else if (c->auth.kind == SSHP_AUTH_PASSWORD && !key_route) {
+        c->auth.method = "password";
+        rc = ssh_userauth_password(c->backend.session, buser, c->auth.password);
     } else {
-        c->auth_method = c->auth_kind == SSHP_AUTH_PUBKEY ? "publickey" : "password";
-        if (c->auth_kind == SSHP_AUTH_PASSWORD || c->auth_kind == SSHP_AUTH_KBDINT) {
+        c->auth.method = c->auth.kind == SSHP_AUTH_PUBKEY ? "publickey" : "password";
+        if (c->auth.kind == SSHP_AUTH_PASSWORD || c->auth.kind == SSHP_AUTH_KBDINT) {
             /* The route says the backend takes the proxy's key, but the client proved
              * nothing to us: a password we cannot check must not open a key login. */
             auth_fail(c, "password_not_accepted_for_key_route", DP_AUTHR_METHOD_REFUSED, true);
@@ -466,12 +471,12 @@ static void backend_auth(sshp_conn *c)
         ssh_key key = c->sw->proxy_key;
         if (c->core.route.key_path[0] != '\0') {
             /* A per-user (mapped) or per-route key file: read off the loop, once. */
-            if (!c->key_loaded) {
-                if (!c->key_loading)
+            if (!c->auth.key_loaded) {
+                if (!c->auth.key_loading)
                     start_key_load(c);
                 return;
             }
-            key = c->route_key;
+            key = c->auth.route_key;
         }
         if (key == NULL) {
             dp_slog_error(c->core.prefix, "no usable key to log in to backend %s (auth %s, key %s)",
@@ -482,20 +487,20 @@ static void backend_auth(sshp_conn *c)
             refuse_session(c, "no backend key", UNAVAILABLE_MSG);
             return;
         }
-        rc = ssh_userauth_publickey(c->bs, buser, key);
+        rc = ssh_userauth_publickey(c->backend.session, buser, key);
     }
-    c->be_auth_started = true;
+    c->auth.backend_started = true;
     switch (rc) {
     case SSH_AUTH_AGAIN:
         return; /* the pump calls again; libssh ignores the arguments of a pending call */
     case SSH_AUTH_SUCCESS:
-        c->be_auth_started = false;
+        c->auth.backend_started = false;
         auth_succeeded(c);
         return;
     case SSH_AUTH_DENIED:
     case SSH_AUTH_PARTIAL:
-        c->be_auth_started = false;
-        if (c->auth_kind == SSHP_AUTH_PUBKEY) {
+        c->auth.backend_started = false;
+        if (c->auth.kind == SSHP_AUTH_PUBKEY) {
             dp_slog_error(c->core.prefix, "backend %s refused the proxy key for %s",
                           c->core.route.backend, buser);
             count_auth_failure(c, DP_AUTHR_BACKEND_REFUSED);
@@ -506,9 +511,9 @@ static void backend_auth(sshp_conn *c)
         }
         return;
     default:
-        c->be_auth_started = false;
+        c->auth.backend_started = false;
         dp_slog_error(c->core.prefix, "backend %s authentication error: %s", c->core.route.backend,
-                      ssh_get_error(c->bs));
+                      ssh_get_error(c->backend.session));
         refuse_session(c, "backend authentication error", UNAVAILABLE_MSG);
         return;
     }
@@ -516,26 +521,26 @@ static void backend_auth(sshp_conn *c)
 
 void sshp_auth_progress(sshp_conn *c)
 {
-    if (c->held_auth == NULL || c->fail_pending || c->state != SSHP_CONN_AUTH)
+    if (c->auth.held == NULL || c->auth.fail_pending || c->state != SSHP_CONN_AUTH)
         return;
     if (!c->core.route_known)
         return;
     switch (c->core.route.status) {
     case DPH_ROUTE_UNKNOWN_USER:
-        if (c->auth_kind == SSHP_AUTH_KBDINT &&
-            !ssh_message_auth_kbdint_is_response(c->held_auth)) {
+        if (c->auth.kind == SSHP_AUTH_KBDINT &&
+            !ssh_message_auth_kbdint_is_response(c->auth.held)) {
             /* A real backend would prompt through PAM first: so do we, or the missing prompt
              * would tell unknown users apart. */
             const char *prompt[] = {"Password: "};
             char echo[] = {0};
-            ssh_message_auth_interactive_request(c->held_auth, "", "", 1, prompt, echo);
-            ssh_message_free(c->held_auth);
-            c->held_auth = NULL;
+            ssh_message_auth_interactive_request(c->auth.held, "", "", 1, prompt, echo);
+            ssh_message_free(c->auth.held);
+            c->auth.held = NULL;
             return;
         }
         /* Paced like what a known user gets for the same method: a wrong password costs
          * PAM's delay on the backend, an unlisted key is refused at once. */
-        auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth_kind != SSHP_AUTH_PUBKEY);
+        auth_fail(c, "unknown_user", DP_AUTHR_UNKNOWN_USER, c->auth.kind != SSHP_AUTH_PUBKEY);
         return;
     case DPH_ROUTE_MAINTENANCE:
         dp_slog_info(c->core.prefix, "backend %s in maintenance", c->core.route.backend);
@@ -550,32 +555,32 @@ void sshp_auth_progress(sshp_conn *c)
     case DPH_ROUTE_OK:
         break;
     }
-    if (c->auth_kind == SSHP_AUTH_PUBKEY) {
-        if (!c->keys_known)
+    if (c->auth.kind == SSHP_AUTH_PUBKEY) {
+        if (!c->auth.keys_known)
             return;
-        if (c->keys_failed) {
+        if (c->auth.keys_failed) {
             refuse_session(c, "authorized keys unavailable", UNAVAILABLE_MSG);
             return;
         }
-        if (!key_listed(c, ssh_message_auth_pubkey(c->held_auth))) {
+        if (!key_listed(c, ssh_message_auth_pubkey(c->auth.held))) {
             auth_fail(c, "key_not_listed", DP_AUTHR_UNLISTED_KEY, false);
             return;
         }
-        if (ssh_message_auth_publickey_state(c->held_auth) == SSH_PUBLICKEY_STATE_NONE) {
+        if (ssh_message_auth_publickey_state(c->auth.held) == SSH_PUBLICKEY_STATE_NONE) {
             /* A probe: yes, this key would do; the client signs next. */
-            ssh_message_auth_reply_pk_ok_simple(c->held_auth);
-            ssh_message_free(c->held_auth);
-            c->held_auth = NULL;
+            ssh_message_auth_reply_pk_ok_simple(c->auth.held);
+            ssh_message_free(c->auth.held);
+            c->auth.held = NULL;
             return;
         }
-        if (ssh_message_auth_publickey_state(c->held_auth) != SSH_PUBLICKEY_STATE_VALID) {
+        if (ssh_message_auth_publickey_state(c->auth.held) != SSH_PUBLICKEY_STATE_VALID) {
             auth_fail(c, "bad_signature", DP_AUTHR_BAD_SIGNATURE, false);
             return;
         }
     }
-    switch (c->be) {
+    switch (c->backend.state) {
     case SSHP_BE_NONE:
-        c->be = SSHP_BE_WANTED; /* dialled by this pump (sshp_conn.c) */
+        c->backend.state = SSHP_BE_WANTED; /* dialled by this pump (sshp_conn.c) */
         c->pump_again = true;
         return;
     case SSHP_BE_FAILED:

@@ -31,9 +31,9 @@ static void be_failed(sshp_conn *c, const char *fmt, ...)
     vsnprintf(c->core.reason, sizeof c->core.reason, fmt, ap);
     va_end(ap);
     dp_slog_error(c->core.prefix, "backend %s: %s", c->core.route.backend, c->core.reason);
-    c->be = SSHP_BE_FAILED;
-    if (c->be_timer_open)
-        uv_timer_stop(&c->be_timer);
+    c->backend.state = SSHP_BE_FAILED;
+    if (c->backend.timer_open)
+        uv_timer_stop(&c->backend.timer);
     sshp_conn_pump(c);
 }
 
@@ -44,7 +44,7 @@ static void be_failed(sshp_conn *c, const char *fmt, ...)
 static void on_be_timer(uv_timer_t *t)
 {
     sshp_conn *c = t->data;
-    if (c->be == SSHP_BE_HANDSHAKE)
+    if (c->backend.state == SSHP_BE_HANDSHAKE)
         be_failed(c, "ssh handshake timed out after %d ms",
                   sshp_conf_of(c->core.w)->handshake_timeout_ms);
 }
@@ -62,65 +62,66 @@ static void start_handshake(sshp_conn *c)
     const char *buser = c->core.route.backend_user[0] ? c->core.route.backend_user : c->core.user;
     bool no = false;
     int port = c->core.route.ssh_port ? c->core.route.ssh_port : 22;
-    c->bs = ssh_new();
-    if (c->bs == NULL) {
-        close(c->bfd);
-        c->bfd = -1;
+    c->backend.session = ssh_new();
+    if (c->backend.session == NULL) {
+        close(c->backend.fd);
+        c->backend.fd = -1;
         be_failed(c, "out of memory");
         return;
     }
-    ssh_set_blocking(c->bs, 0);
+    ssh_set_blocking(c->backend.session, 0);
     /* No config files, no known_hosts, no home directory lookups: nothing that reads a file
      * or calls getpwuid on the loop. The host key is checked against the route's pin. */
-    if (ssh_options_set(c->bs, SSH_OPTIONS_FD, &c->bfd) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_HOST, c->core.route.address) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_PORT, &port) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_PROCESS_CONFIG, &no) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_SSH_DIR, "/nonexistent") != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_HOSTKEYS, BACKEND_HOSTKEYS) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_KEY_EXCHANGE, sshp_backend_kex()) != 0 ||
-        ssh_options_set(c->bs, SSH_OPTIONS_COMPRESSION, "no") != 0) {
-        be_failed(c, "session options: %s", ssh_get_error(c->bs));
+    if (ssh_options_set(c->backend.session, SSH_OPTIONS_FD, &c->backend.fd) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_HOST, c->core.route.address) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_PORT, &port) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_PROCESS_CONFIG, &no) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_SSH_DIR, "/nonexistent") != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_HOSTKEYS, BACKEND_HOSTKEYS) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_KEY_EXCHANGE, sshp_backend_kex()) != 0 ||
+        ssh_options_set(c->backend.session, SSH_OPTIONS_COMPRESSION, "no") != 0) {
+        be_failed(c, "session options: %s", ssh_get_error(c->backend.session));
         return;
     }
     /* Debian's libssh refuses some user names in SSH_OPTIONS_USER (shell metacharacters);
      * the name goes to ssh_userauth_* directly, which does not check it. */
-    if (ssh_options_set(c->bs, SSH_OPTIONS_USER, buser) != 0)
+    if (ssh_options_set(c->backend.session, SSH_OPTIONS_USER, buser) != 0)
         /* A user must be set, or libssh looks one up with getpwuid (NSS) on the loop. */
-        ssh_options_set(c->bs, SSH_OPTIONS_USER, "dynproxy");
+        ssh_options_set(c->backend.session, SSH_OPTIONS_USER, "dynproxy");
     /* Offer the backend the cipher the client chose first: the client picked it for its own
      * reasons (AES-GCM rides AES-NI; chacha20 wins without it), and a relay whose two hops
      * use different ciphers pays for the slower one. */
-    const char *cin = ssh_get_cipher_in(c->cs);
+    const char *cin = ssh_get_cipher_in(c->client.session);
     if (cin != NULL) {
         char list[512];
         snprintf(list, sizeof list, "%s,%s", cin, BACKEND_CIPHERS);
-        ssh_options_set(c->bs, SSH_OPTIONS_CIPHERS_C_S, list);
-        ssh_options_set(c->bs, SSH_OPTIONS_CIPHERS_S_C, list);
+        ssh_options_set(c->backend.session, SSH_OPTIONS_CIPHERS_C_S, list);
+        ssh_options_set(c->backend.session, SSH_OPTIONS_CIPHERS_S_C, list);
     }
-    c->bs_connect_called = true;
-    int rc = ssh_connect(c->bs);
+    c->backend.connect_called = true;
+    int rc = ssh_connect(c->backend.session);
     /* libssh 0.10 resets the socket to blocking during connect (socket.c F_SETFL 0). */
-    set_nonblock(c->bfd);
+    set_nonblock(c->backend.fd);
     if (rc == SSH_ERROR) {
-        be_failed(c, "ssh handshake: %s", ssh_get_error(c->bs));
+        be_failed(c, "ssh handshake: %s", ssh_get_error(c->backend.session));
         return;
     }
-    c->bev = ssh_event_new();
-    if (c->bev == NULL || ssh_event_add_session(c->bev, c->bs) != SSH_OK) {
+    c->backend.event = ssh_event_new();
+    if (c->backend.event == NULL ||
+        ssh_event_add_session(c->backend.event, c->backend.session) != SSH_OK) {
         be_failed(c, "ssh_event_add_session failed");
         return;
     }
-    c->be = SSHP_BE_HANDSHAKE;
+    c->backend.state = SSHP_BE_HANDSHAKE;
     uv_loop_t *loop = dp_worker_loop(c->core.w);
-    if (!c->be_timer_open) {
-        uv_timer_init(loop, &c->be_timer);
-        dp_session_own_handle(&c->core, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
+    if (!c->backend.timer_open) {
+        uv_timer_init(loop, &c->backend.timer);
+        dp_session_own_handle(&c->core, (uv_handle_t *)&c->backend.timer, &c->backend.timer_open);
     }
     uv_update_time(loop);
-    uv_timer_start(&c->be_timer, on_be_timer,
+    uv_timer_start(&c->backend.timer, on_be_timer,
                    (uint64_t)sshp_conf_of(c->core.w)->handshake_timeout_ms, 0);
     if (rc == SSH_OK)
         sshp_backend_step(c);
@@ -152,7 +153,7 @@ static int check_host_key(sshp_conn *c)
     size_t hlen = 0;
     char *fp = NULL;
     int rc = -1;
-    if (ssh_get_server_publickey(c->bs, &key) == SSH_OK &&
+    if (ssh_get_server_publickey(c->backend.session, &key) == SSH_OK &&
         ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0 &&
         (fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen)) != NULL) {
         if (c->core.route.hostkey_sha256[0] == '\0') {
@@ -186,24 +187,24 @@ static int check_host_key(sshp_conn *c)
 
 void sshp_backend_step(sshp_conn *c)
 {
-    if (c->be != SSHP_BE_HANDSHAKE)
+    if (c->backend.state != SSHP_BE_HANDSHAKE)
         return;
-    int rc = ssh_connect(c->bs);
-    set_nonblock(c->bfd);
+    int rc = ssh_connect(c->backend.session);
+    set_nonblock(c->backend.fd);
     if (rc == SSH_AGAIN)
         return;
     if (rc == SSH_ERROR) {
-        be_failed(c, "ssh handshake: %s", ssh_get_error(c->bs));
+        be_failed(c, "ssh handshake: %s", ssh_get_error(c->backend.session));
         return;
     }
-    if (c->be_timer_open)
-        uv_timer_stop(&c->be_timer);
+    if (c->backend.timer_open)
+        uv_timer_stop(&c->backend.timer);
     if (check_host_key(c) != 0) {
-        c->be = SSHP_BE_FAILED;
+        c->backend.state = SSHP_BE_FAILED;
         return;
     }
-    c->be = SSHP_BE_READY;
-    dp_metrics_backend_connect(uv_hrtime() - c->be_dial_ns);
+    c->backend.state = SSHP_BE_READY;
+    dp_metrics_backend_connect(uv_hrtime() - c->backend.dial_ns);
     dp_slog_debug(c->core.prefix, "backend %s ready", c->core.route.backend);
 }
 
@@ -212,14 +213,15 @@ void sshp_backend_step(sshp_conn *c)
 static void dialed(void *arg, const dp_dial_result *r)
 {
     sshp_conn *c = arg;
-    c->dial = NULL;
-    c->be_dial_ns = r->connect_ns; /* dynproxy_backend_connect_seconds: to SSHP_BE_READY */
+    c->backend.dial = NULL;
+    c->backend.dial_ns = r->connect_ns; /* dynproxy_backend_connect_seconds: to SSHP_BE_READY */
     if (r->status != 0) {
         be_failed(c, "%s", r->error);
         return;
     }
-    c->bfd = r->fd;
-    if (sshp_poll_open(c, &c->bpoll, &c->bpoll_open, &c->bpoll_fd, c->bfd) != 0) {
+    c->backend.fd = r->fd;
+    if (sshp_poll_open(c, &c->backend.poll, &c->backend.poll_open, &c->backend.poll_fd,
+                       c->backend.fd) != 0) {
         be_failed(c, "poll setup failed");
         return;
     }
@@ -236,33 +238,34 @@ void sshp_backend_start(sshp_conn *c)
         .timeout_ms = cf->connect_timeout_ms,
         .keepalive_s = cf->common.tcp_keepalive_s,
     };
-    c->be = SSHP_BE_DIALING;
-    int rc = dp_dial_start(&c->dial, dp_worker_loop(c->core.w), &o, dialed, c);
+    c->backend.state = SSHP_BE_DIALING;
+    int rc = dp_dial_start(&c->backend.dial, dp_worker_loop(c->core.w), &o, dialed, c);
     if (rc != 0)
         be_failed(c, "connect: %s", uv_strerror(rc));
 }
 
 void sshp_backend_cleanup(sshp_conn *c)
 {
-    dp_dial_cancel(c->dial);
-    c->dial = NULL;
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->be_timer, &c->be_timer_open);
-    if (c->bs != NULL) {
-        if (c->bev != NULL)
-            ssh_event_remove_session(c->bev, c->bs);
-        ssh_free(c->bs); /* closes bfd once ssh_connect ran */
-        c->bs = NULL;
-        if (!c->bs_connect_called && c->bfd >= 0)
-            close(c->bfd);
-        c->bfd = -1;
-    } else if (c->bfd >= 0) {
-        close(c->bfd);
-        c->bfd = -1;
+    dp_dial_cancel(c->backend.dial);
+    c->backend.dial = NULL;
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->backend.timer, &c->backend.timer_open);
+    if (c->backend.session != NULL) {
+        if (c->backend.event != NULL)
+            ssh_event_remove_session(c->backend.event, c->backend.session);
+        ssh_free(c->backend.session); /* closes bfd once ssh_connect ran */
+        c->backend.session = NULL;
+        if (!c->backend.connect_called && c->backend.fd >= 0)
+            close(c->backend.fd);
+        c->backend.fd = -1;
+    } else if (c->backend.fd >= 0) {
+        close(c->backend.fd);
+        c->backend.fd = -1;
     }
-    if (c->bev != NULL) {
-        ssh_event_free(c->bev);
-        c->bev = NULL;
+    if (c->backend.event != NULL) {
+        ssh_event_free(c->backend.event);
+        c->backend.event = NULL;
     }
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->bpoll, &c->bpoll_open); /* closes its dup */
-    c->be = c->be == SSHP_BE_AUTHED ? SSHP_BE_AUTHED : SSHP_BE_FAILED;
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->backend.poll,
+                           &c->backend.poll_open); /* closes its dup */
+    c->backend.state = c->backend.state == SSHP_BE_AUTHED ? SSHP_BE_AUTHED : SSHP_BE_FAILED;
 }

@@ -117,49 +117,38 @@ static int take(sshp_pair *p, int stream, const void *data, uint32_t len)
     return (int)n;
 }
 
+/* Callbacks get the side they were set on (sshp_pair_side); data from the client's channel
+ * goes to one stream, the backend's stdout and stderr to their own. */
 static int c_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch, (void)is_stderr;
-    return take(ud, SSHP_ST_C2B, data, len);
+    return take(((sshp_pair_side *)ud)->pair, SSHP_ST_C2B, data, len);
 }
 
 static int b_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr, void *ud)
 {
     (void)s, (void)ch;
-    return take(ud, is_stderr ? SSHP_ST_B2C_ERR : SSHP_ST_B2C_OUT, data, len);
+    return take(((sshp_pair_side *)ud)->pair, is_stderr ? SSHP_ST_B2C_ERR : SSHP_ST_B2C_OUT, data,
+                len);
 }
 
-static void c_eof(ssh_session s, ssh_channel ch, void *ud)
+static void on_eof(ssh_session s, ssh_channel ch, void *ud)
 {
-    sshp_pair *p = ud;
-    p->c_eof = true;
-    p->conn->pump_again = true;
+    sshp_pair_side *side = ud;
+    side->eof = true;
+    side->pair->conn->pump_again = true;
 }
 
-static void b_eof(ssh_session s, ssh_channel ch, void *ud)
+static void on_close(ssh_session s, ssh_channel ch, void *ud)
 {
-    sshp_pair *p = ud;
-    p->b_eof = true;
-    p->conn->pump_again = true;
-}
-
-static void c_close(ssh_session s, ssh_channel ch, void *ud)
-{
-    sshp_pair *p = ud;
-    p->c_closed = true;
-    p->conn->pump_again = true;
-}
-
-static void b_close(ssh_session s, ssh_channel ch, void *ud)
-{
-    sshp_pair *p = ud;
-    p->b_closed = true;
-    p->conn->pump_again = true;
+    sshp_pair_side *side = ud;
+    side->closed = true;
+    side->pair->conn->pump_again = true;
 }
 
 static void b_exit_status(ssh_session s, ssh_channel ch, int status, void *ud)
 {
-    sshp_pair *p = ud;
+    sshp_pair *p = ((sshp_pair_side *)ud)->pair;
     p->exit_status_set = true;
     p->exit_status = status;
 }
@@ -167,7 +156,7 @@ static void b_exit_status(ssh_session s, ssh_channel ch, int status, void *ud)
 static void b_exit_signal(ssh_session s, ssh_channel ch, const char *sig, int core,
                           const char *errmsg, const char *lang, void *ud)
 {
-    sshp_pair *p = ud;
+    sshp_pair *p = ((sshp_pair_side *)ud)->pair;
     if (p->exit_signal_set)
         return;
     p->exit_signal_set = true;
@@ -207,7 +196,7 @@ static sshp_req *req_new(sshp_pair *p)
 
 static void c_signal(ssh_session s, ssh_channel ch, const char *sig, void *ud)
 {
-    sshp_pair *p = ud;
+    sshp_pair *p = ((sshp_pair_side *)ud)->pair;
     sshp_req *r = req_new(p);
     if (r == NULL)
         return;
@@ -230,13 +219,13 @@ static void take_signals(sshp_pair *p)
 
 static void c_agent_req(ssh_session s, ssh_channel ch, void *ud)
 {
-    sshp_pair *p = ud;
+    sshp_pair *p = ((sshp_pair_side *)ud)->pair;
     sshp_req *r = req_new(p);
     if (r == NULL)
         return;
     /* libssh has already said yes to the client; the backend is asked in turn, and the
      * agent channels it opens are bridged from now on. */
-    p->conn->agent_forwarding = true;
+    p->conn->chans.agent_forwarding = true;
     r->kind = SSHP_REQ_AGENT;
     enqueue(p, r);
     p->conn->pump_again = true;
@@ -254,6 +243,7 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
     if (p == NULL)
         return NULL;
     p->conn = c;
+    p->c.pair = p->b.pair = p;
     p->kind = kind;
     p->reverse = kind == SSHP_PK_FORWARDED || kind == SSHP_PK_AGENT;
     p->open_msg = m;
@@ -263,10 +253,10 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
         p->st[i].cap = (size_t)cf->channel_buffer;
     /* Open our side towards whoever did not ask; the asker's open is answered after. */
     if (p->reverse)
-        p->cch = ssh_channel_new(c->cs);
+        p->c.ch = ssh_channel_new(c->client.session);
     else
-        p->bch = ssh_channel_new(c->bs);
-    if (p->cch == NULL && p->bch == NULL) {
+        p->b.ch = ssh_channel_new(c->backend.session);
+    if (p->c.ch == NULL && p->b.ch == NULL) {
         free(p);
         return NULL;
     }
@@ -276,16 +266,17 @@ static sshp_pair *pair_new(sshp_conn *c, ssh_message m, sshp_pair_kind kind)
         set_client_callbacks(p);
     else
         set_backend_callbacks(p);
-    p->next = c->pairs;
-    c->pairs = p;
-    c->npairs++;
+    p->next = c->chans.pairs;
+    c->chans.pairs = p;
+    c->chans.npairs++;
     return p;
 }
 
 void sshp_channel_open_message(sshp_conn *c, ssh_message m)
 {
     int sub = ssh_message_subtype(m);
-    if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) || c->npairs >= MAX_PAIRS ||
+    if ((sub != SSH_CHANNEL_SESSION && sub != SSH_CHANNEL_DIRECT_TCPIP) ||
+        c->chans.npairs >= MAX_PAIRS ||
         pair_new(c, m, sub == SSH_CHANNEL_DIRECT_TCPIP ? SSHP_PK_DIRECT : SSHP_PK_SESSION) ==
             NULL) {
         ssh_message_reply_default(m);
@@ -304,44 +295,47 @@ void sshp_channel_backend_open(sshp_conn *c, ssh_message m)
         kind = SSHP_PK_FORWARDED;
         /* The backend may open the first forwarded channel in the same poll that brings its
          * reply to tcpip-forward: a forward counts from the moment it was sent. */
-        allowed = c->nforwards > 0 ||
-                  (c->globals != NULL && c->globals->sent &&
-                   ssh_message_subtype(c->globals->msg) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD);
+        allowed = c->chans.nforwards > 0 ||
+                  (c->chans.globals != NULL && c->chans.globals->sent &&
+                   ssh_message_subtype(c->chans.globals->msg) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD);
     } else if (sub == SSH_CHANNEL_AUTH_AGENT) {
         kind = SSHP_PK_AGENT;
-        allowed = c->agent_forwarding;
+        allowed = c->chans.agent_forwarding;
     } else {
         kind = SSHP_PK_SESSION;
         allowed = false;
     }
-    if (!allowed || c->npairs >= MAX_PAIRS || pair_new(c, m, kind) == NULL) {
+    if (!allowed || c->chans.npairs >= MAX_PAIRS || pair_new(c, m, kind) == NULL) {
         ssh_message_reply_default(m);
         ssh_message_free(m);
     }
 }
 
+/* The callbacks common to both sides, then the side's own. */
+static void set_side_callbacks(sshp_pair_side *side)
+{
+    ssh_callbacks_init(&side->cb);
+    side->cb.userdata = side;
+    side->cb.channel_eof_function = on_eof;
+    side->cb.channel_close_function = on_close;
+}
+
 static void set_client_callbacks(sshp_pair *p)
 {
-    ssh_callbacks_init(&p->ccb);
-    p->ccb.userdata = p;
-    p->ccb.channel_data_function = c_data;
-    p->ccb.channel_eof_function = c_eof;
-    p->ccb.channel_close_function = c_close;
-    p->ccb.channel_signal_function = c_signal;
-    p->ccb.channel_auth_agent_req_function = c_agent_req;
-    ssh_set_channel_callbacks(p->cch, &p->ccb);
+    set_side_callbacks(&p->c);
+    p->c.cb.channel_data_function = c_data;
+    p->c.cb.channel_signal_function = c_signal;
+    p->c.cb.channel_auth_agent_req_function = c_agent_req;
+    ssh_set_channel_callbacks(p->c.ch, &p->c.cb);
 }
 
 static void set_backend_callbacks(sshp_pair *p)
 {
-    ssh_callbacks_init(&p->bcb);
-    p->bcb.userdata = p;
-    p->bcb.channel_data_function = b_data;
-    p->bcb.channel_eof_function = b_eof;
-    p->bcb.channel_close_function = b_close;
-    p->bcb.channel_exit_status_function = b_exit_status;
-    p->bcb.channel_exit_signal_function = b_exit_signal;
-    ssh_set_channel_callbacks(p->bch, &p->bcb);
+    set_side_callbacks(&p->b);
+    p->b.cb.channel_data_function = b_data;
+    p->b.cb.channel_exit_status_function = b_exit_status;
+    p->b.cb.channel_exit_signal_function = b_exit_signal;
+    ssh_set_channel_callbacks(p->b.ch, &p->b.cb);
 }
 
 static void progress_open(sshp_pair *p)
@@ -352,21 +346,21 @@ static void progress_open(sshp_pair *p)
     int rc;
     switch (p->kind) {
     case SSHP_PK_SESSION:
-        rc = ssh_channel_open_session(p->bch);
+        rc = ssh_channel_open_session(p->b.ch);
         break;
     case SSHP_PK_DIRECT:
-        rc = ssh_channel_open_forward(p->bch, ssh_message_channel_request_open_destination(m),
+        rc = ssh_channel_open_forward(p->b.ch, ssh_message_channel_request_open_destination(m),
                                       ssh_message_channel_request_open_destination_port(m),
                                       orig != NULL ? orig : "127.0.0.1", oport);
         break;
     case SSHP_PK_FORWARDED:
-        rc = ssh_channel_open_reverse_forward(p->cch,
+        rc = ssh_channel_open_reverse_forward(p->c.ch,
                                               ssh_message_channel_request_open_destination(m),
                                               ssh_message_channel_request_open_destination_port(m),
                                               orig != NULL ? orig : "127.0.0.1", oport);
         break;
     default: /* SSHP_PK_AGENT */
-        rc = ssh_channel_open_auth_agent(p->cch);
+        rc = ssh_channel_open_auth_agent(p->c.ch);
         break;
     }
     if (rc == SSH_AGAIN)
@@ -381,15 +375,10 @@ static void progress_open(sshp_pair *p)
     ssh_channel accepted = ssh_message_channel_request_open_reply_accept(m);
     ssh_message_free(m);
     p->open_msg = NULL;
-    if (p->reverse)
-        p->bch = accepted;
-    else
-        p->cch = accepted;
+    sshp_pair_side *asker = p->reverse ? &p->b : &p->c;
+    asker->ch = accepted;
     if (accepted == NULL) {
-        if (p->reverse)
-            p->b_closed = p->b_close_done = true;
-        else
-            p->c_closed = p->c_close_done = true;
+        asker->closed = asker->close_done = true;
         p->state = SSHP_PAIR_CLOSING;
         return;
     }
@@ -409,8 +398,8 @@ static char *dupstr(const char *s)
 
 static sshp_pair *pair_of_channel(sshp_conn *c, ssh_channel ch)
 {
-    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->cch == ch && p->state != SSHP_PAIR_DONE)
+    for (sshp_pair *p = c->chans.pairs; p != NULL; p = p->next)
+        if (p->c.ch == ch && p->state != SSHP_PAIR_DONE)
             return p;
     return NULL;
 }
@@ -509,9 +498,9 @@ static int request_pty(sshp_pair *p, sshp_req *r)
     size_t len = 0;
     const unsigned char *modes = ssh_message_channel_request_pty_modes(r->msg, &len);
     if (modes != NULL)
-        return ssh_channel_request_pty_size_modes(p->bch, r->a, r->cols, r->rows, modes, len);
+        return ssh_channel_request_pty_size_modes(p->b.ch, r->a, r->cols, r->rows, modes, len);
 #endif
-    return ssh_channel_request_pty_size(p->bch, r->a, r->cols, r->rows);
+    return ssh_channel_request_pty_size(p->b.ch, r->a, r->cols, r->rows);
 }
 
 /* Issue the head request on the backend channel; libssh allows one at a time and a pending
@@ -526,30 +515,30 @@ static void progress_requests(sshp_pair *p)
             rc = request_pty(p, r);
             break;
         case SSHP_REQ_SHELL:
-            rc = ssh_channel_request_shell(p->bch);
+            rc = ssh_channel_request_shell(p->b.ch);
             break;
         case SSHP_REQ_EXEC:
-            rc = ssh_channel_request_exec(p->bch, r->a);
+            rc = ssh_channel_request_exec(p->b.ch, r->a);
             break;
         case SSHP_REQ_SUBSYSTEM:
-            rc = ssh_channel_request_subsystem(p->bch, r->a);
+            rc = ssh_channel_request_subsystem(p->b.ch, r->a);
             break;
         case SSHP_REQ_ENV:
-            rc = ssh_channel_request_env(p->bch, r->a, r->b);
+            rc = ssh_channel_request_env(p->b.ch, r->a, r->b);
             break;
         case SSHP_REQ_WINDOW_CHANGE:
-            rc = ssh_channel_change_pty_size(p->bch, r->cols, r->rows);
+            rc = ssh_channel_change_pty_size(p->b.ch, r->cols, r->rows);
             break;
         case SSHP_REQ_SIGNAL:
-            rc = ssh_channel_request_send_signal(p->bch, r->a);
+            rc = ssh_channel_request_send_signal(p->b.ch, r->a);
             break;
         case SSHP_REQ_AGENT:
-            rc = ssh_channel_request_auth_agent(p->bch);
+            rc = ssh_channel_request_auth_agent(p->b.ch);
             break;
         case SSHP_REQ_BREAK:
             /* libssh sends break without want_reply (as OpenSSH's ~B does), so the client's
              * reply, if it wants one, says the break was passed on, not that a tty took it. */
-            rc = ssh_channel_request_send_break(p->bch, r->break_ms);
+            rc = ssh_channel_request_send_break(p->b.ch, r->break_ms);
             break;
         default:
             rc = SSH_ERROR;
@@ -663,58 +652,57 @@ static void send_exit(sshp_pair *p)
     p->exit_sent = true;
     int rc = SSH_OK;
     if (p->exit_signal_set)
-        rc = ssh_channel_request_send_exit_signal(p->cch, p->exit_signal, p->exit_core,
+        rc = ssh_channel_request_send_exit_signal(p->c.ch, p->exit_signal, p->exit_core,
                                                   p->exit_errmsg, "");
     else if (p->exit_status_set)
-        rc = ssh_channel_request_send_exit_status(p->cch, p->exit_status);
+        rc = ssh_channel_request_send_exit_status(p->c.ch, p->exit_status);
     if (rc != SSH_OK)
         /* The client would report 255 instead of the command's status. */
         dp_slog_warn(p->conn->core.prefix,
                      "exit status not forwarded to the client (libssh rc %d: %s)", rc,
-                     ssh_get_error(p->conn->cs));
+                     ssh_get_error(p->conn->client.session));
 }
 
 static void progress_open_pair(sshp_pair *p)
 {
     sshp_conn *c = p->conn;
     progress_requests(p);
-    pull(p, SSHP_ST_C2B, p->cch);
-    pull(p, SSHP_ST_B2C_OUT, p->bch);
-    pull(p, SSHP_ST_B2C_ERR, p->bch);
-    flush(p, SSHP_ST_C2B, p->bch, c->bs, true);
-    flush(p, SSHP_ST_B2C_OUT, p->cch, c->cs, false);
-    flush(p, SSHP_ST_B2C_ERR, p->cch, c->cs, false);
+    pull(p, SSHP_ST_C2B, p->c.ch);
+    pull(p, SSHP_ST_B2C_OUT, p->b.ch);
+    pull(p, SSHP_ST_B2C_ERR, p->b.ch);
+    flush(p, SSHP_ST_C2B, p->b.ch, c->backend.session, true);
+    flush(p, SSHP_ST_B2C_OUT, p->c.ch, c->client.session, false);
+    flush(p, SSHP_ST_B2C_ERR, p->c.ch, c->client.session, false);
     /* A flush that emptied staging can take the bytes libssh still holds now: the stalled
      * sender will not send the packet that would otherwise bring them up again. */
-    pull(p, SSHP_ST_C2B, p->cch);
-    pull(p, SSHP_ST_B2C_OUT, p->bch);
-    pull(p, SSHP_ST_B2C_ERR, p->bch);
+    pull(p, SSHP_ST_C2B, p->c.ch);
+    pull(p, SSHP_ST_B2C_OUT, p->b.ch);
+    pull(p, SSHP_ST_B2C_ERR, p->b.ch);
 
     /* Forward what ended, in order, once the data before it is through. */
-    if (p->c_eof && !p->c_eof_sent && c2b_drained(p)) {
-        ssh_channel_send_eof(p->bch);
-        p->c_eof_sent = true;
+    if (p->c.eof && !p->c.eof_sent && c2b_drained(p)) {
+        ssh_channel_send_eof(p->b.ch);
+        p->c.eof_sent = true;
     }
-    if (p->b_eof && !p->b_eof_sent && b2c_drained(p)) {
-        ssh_channel_send_eof(p->cch);
-        p->b_eof_sent = true;
+    if (p->b.eof && !p->b.eof_sent && b2c_drained(p)) {
+        ssh_channel_send_eof(p->c.ch);
+        p->b.eof_sent = true;
     }
-    if ((p->b_closed || p->b_eof) && !p->exit_sent && b2c_drained(p) &&
-        (p->exit_status_set || p->exit_signal_set || p->b_closed))
+    if ((p->b.closed || p->b.eof) && !p->exit_sent && b2c_drained(p) &&
+        (p->exit_status_set || p->exit_signal_set || p->b.closed))
         send_exit(p);
-    if ((p->b_closed && b2c_drained(p) && p->exit_sent) || (p->c_closed && c2b_drained(p)))
+    if ((p->b.closed && b2c_drained(p) && p->exit_sent) || (p->c.closed && c2b_drained(p)))
         p->state = SSHP_PAIR_CLOSING;
 }
 
 static void pair_free(sshp_conn *c, sshp_pair *p)
 {
-    if (p->cch != NULL) {
-        ssh_remove_channel_callbacks(p->cch, &p->ccb);
-        ssh_channel_free(p->cch);
-    }
-    if (p->bch != NULL) {
-        ssh_remove_channel_callbacks(p->bch, &p->bcb);
-        ssh_channel_free(p->bch);
+    sshp_pair_side *sides[] = {&p->c, &p->b};
+    for (size_t i = 0; i < 2; i++) {
+        if (sides[i]->ch != NULL) {
+            ssh_remove_channel_callbacks(sides[i]->ch, &sides[i]->cb);
+            ssh_channel_free(sides[i]->ch);
+        }
     }
     if (p->open_msg != NULL) {
         ssh_message_reply_default(p->open_msg);
@@ -746,9 +734,10 @@ void sshp_global_message(sshp_conn *c, ssh_message m)
         ssh_message_free(m);
         return;
     }
-    sshp_global *g = c->nglobals < MAX_GLOBALS ? calloc(1, sizeof *g) : NULL;
+    sshp_global *g = c->chans.nglobals < MAX_GLOBALS ? calloc(1, sizeof *g) : NULL;
     if (g == NULL) {
-        c->abuse = c->nglobals < MAX_GLOBALS ? "out of memory" : "too many pending global requests";
+        c->abuse =
+            c->chans.nglobals < MAX_GLOBALS ? "out of memory" : "too many pending global requests";
         ssh_message_free(m); /* the connection ends: no reply out of turn */
         return;
     }
@@ -756,19 +745,19 @@ void sshp_global_message(sshp_conn *c, ssh_message m)
     const char *addr = ssh_message_global_request_address(m);
     g->held = addr != NULL ? strlen(addr) : 0;
     c->held_bytes += g->held;
-    c->nglobals++;
-    if (c->globals_tail == NULL)
-        c->globals_tail = &c->globals;
-    *c->globals_tail = g;
-    c->globals_tail = &g->next;
+    c->chans.nglobals++;
+    if (c->chans.globals_tail == NULL)
+        c->chans.globals_tail = &c->chans.globals;
+    *c->chans.globals_tail = g;
+    c->chans.globals_tail = &g->next;
 }
 
 /* One global request at a time per session (libssh 0.10 keeps one slot; a second call while
  * one is pending is never sent), and replies go back in order. */
 static void progress_globals(sshp_conn *c)
 {
-    while (c->globals != NULL) {
-        sshp_global *g = c->globals;
+    while (c->chans.globals != NULL) {
+        sshp_global *g = c->chans.globals;
         ssh_message m = g->msg;
         const char *addr = ssh_message_global_request_address(m);
         int port = ssh_message_global_request_port(m);
@@ -776,23 +765,23 @@ static void progress_globals(sshp_conn *c)
         int rc;
         bool add = ssh_message_subtype(m) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD;
         if (add)
-            rc = ssh_channel_listen_forward(c->bs, addr, port, &bound);
+            rc = ssh_channel_listen_forward(c->backend.session, addr, port, &bound);
         else
-            rc = ssh_channel_cancel_forward(c->bs, addr, port);
+            rc = ssh_channel_cancel_forward(c->backend.session, addr, port);
         if (rc == SSH_AGAIN) {
             g->sent = true;
             return;
         }
-        c->globals = g->next;
-        c->nglobals--;
+        c->chans.globals = g->next;
+        c->chans.nglobals--;
         c->held_bytes -= g->held;
-        if (c->globals == NULL)
-            c->globals_tail = &c->globals;
+        if (c->chans.globals == NULL)
+            c->chans.globals_tail = &c->chans.globals;
         if (rc == SSH_OK) {
             if (add)
-                c->nforwards++;
-            else if (c->nforwards > 0)
-                c->nforwards--;
+                c->chans.nforwards++;
+            else if (c->chans.nforwards > 0)
+                c->chans.nforwards--;
             ssh_message_global_request_reply_success(m, (uint16_t)(port == 0 ? bound : port));
         } else {
             ssh_message_reply_default(m);
@@ -810,42 +799,42 @@ static uint64_t progress_closing(sshp_pair *p)
     if (p->closing_since_ms == 0)
         p->closing_since_ms = now;
     bool late = now - p->closing_since_ms >= PAIR_CLOSE_WAIT_MS;
-    if (!p->b_close_done && p->bch != NULL)
-        p->b_close_done = close_channel(p->bch);
+    if (!p->b.close_done && p->b.ch != NULL)
+        p->b.close_done = close_channel(p->b.ch);
     /* A session's exit status arrives just before the backend's CLOSE, which may come well
      * after the client's: an OpenSSH mux master closes as soon as EOF went both ways. sshd
      * holds its own CLOSE until the command has exited and its status is sent; so does the
      * proxy, up to the deadline (the client then sees no status, as if the backend died). */
     bool hold =
-        p->kind == SSHP_PK_SESSION && p->bch != NULL && !p->b_closed && !p->exit_sent && !late;
-    if (!hold && !p->c_close_done && p->cch != NULL) {
-        if (p->c_close_started_ms == 0)
-            p->c_close_started_ms = now;
+        p->kind == SSHP_PK_SESSION && p->b.ch != NULL && !p->b.closed && !p->exit_sent && !late;
+    if (!hold && !p->c.close_done && p->c.ch != NULL) {
+        if (p->c.close_started_ms == 0)
+            p->c.close_started_ms = now;
         if (p->kind == SSHP_PK_SESSION)
             send_exit(p);
-        p->c_close_done = close_channel(p->cch);
+        p->c.close_done = close_channel(p->c.ch);
     }
     /* Freed only once each peer has closed too: a channel freed earlier lives on in libssh
      * without our callbacks, buffering whatever the peer keeps sending. A backend that holds
      * its CLOSE past the deadline (a command still running after the client left) is let go:
      * libssh sends our CLOSE if it is still due, frees the channel when the backend's comes,
      * and grants it no window meanwhile. */
-    bool c_done = p->cch == NULL || (p->c_close_done && p->c_closed);
-    bool b_done = p->bch == NULL || late || (p->b_close_done && p->b_closed);
+    bool c_done = p->c.ch == NULL || (p->c.close_done && p->c.closed);
+    bool b_done = p->b.ch == NULL || late || (p->b.close_done && p->b.closed);
     if (c_done && b_done) {
         p->state = SSHP_PAIR_DONE;
         return 0;
     }
     /* What is left waits for I/O, for the deadline above, or for the client's answer. */
     uint64_t due = late ? 0 : p->closing_since_ms + PAIR_CLOSE_WAIT_MS;
-    if (p->c_close_started_ms != 0 && !c_done) {
+    if (p->c.close_started_ms != 0 && !c_done) {
         /* A client that neither takes our CLOSE (zero window) nor answers it keeps buffering
          * in libssh: cut it off. */
-        if (now - p->c_close_started_ms >= PAIR_CLOSE_WAIT_MS) {
+        if (now - p->c.close_started_ms >= PAIR_CLOSE_WAIT_MS) {
             c->abuse = "a peer did not close a channel";
             return 0;
         }
-        uint64_t answer_due = p->c_close_started_ms + PAIR_CLOSE_WAIT_MS;
+        uint64_t answer_due = p->c.close_started_ms + PAIR_CLOSE_WAIT_MS;
         if (due == 0 || answer_due < due)
             due = answer_due;
     }
@@ -856,7 +845,7 @@ void sshp_channels_progress(sshp_conn *c)
 {
     uint64_t next_deadline = 0;
     progress_globals(c);
-    for (sshp_pair *p = c->pairs; p != NULL; p = p->next) {
+    for (sshp_pair *p = c->chans.pairs; p != NULL; p = p->next) {
         take_signals(p);
         if (p->state == SSHP_PAIR_OPENING)
             progress_open(p);
@@ -870,11 +859,11 @@ void sshp_channels_progress(sshp_conn *c)
     }
     sshp_conn_arm_chan_timer(c, next_deadline);
     /* Free finished pairs here, never inside a libssh callback. */
-    for (sshp_pair **pp = &c->pairs; *pp != NULL;) {
+    for (sshp_pair **pp = &c->chans.pairs; *pp != NULL;) {
         sshp_pair *p = *pp;
         if (p->state == SSHP_PAIR_DONE) {
             *pp = p->next;
-            c->npairs--;
+            c->chans.npairs--;
             pair_free(c, p);
         } else {
             pp = &p->next;
@@ -888,35 +877,35 @@ void sshp_channels_notify(sshp_conn *c, const char *text)
     int n = snprintf(line, sizeof line, "\r\n%s\r\n", text);
     if (n <= 0)
         return;
-    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->kind == SSHP_PK_SESSION && p->state == SSHP_PAIR_OPEN && p->cch != NULL &&
-            ssh_channel_is_open(p->cch))
-            ssh_channel_write_stderr(p->cch, line, (uint32_t)(n < (int)sizeof line ? n : 0));
+    for (sshp_pair *p = c->chans.pairs; p != NULL; p = p->next)
+        if (p->kind == SSHP_PK_SESSION && p->state == SSHP_PAIR_OPEN && p->c.ch != NULL &&
+            ssh_channel_is_open(p->c.ch))
+            ssh_channel_write_stderr(p->c.ch, line, (uint32_t)(n < (int)sizeof line ? n : 0));
 }
 
 void sshp_channels_free_all(sshp_conn *c)
 {
-    while (c->globals != NULL) {
-        sshp_global *g = c->globals;
-        c->globals = g->next;
+    while (c->chans.globals != NULL) {
+        sshp_global *g = c->chans.globals;
+        c->chans.globals = g->next;
         c->held_bytes -= g->held;
         ssh_message_free(g->msg);
         free(g);
     }
-    c->nglobals = 0;
-    c->globals_tail = &c->globals;
-    while (c->pairs != NULL) {
-        sshp_pair *p = c->pairs;
-        c->pairs = p->next;
+    c->chans.nglobals = 0;
+    c->chans.globals_tail = &c->chans.globals;
+    while (c->chans.pairs != NULL) {
+        sshp_pair *p = c->chans.pairs;
+        c->chans.pairs = p->next;
         pair_free(c, p);
     }
-    c->npairs = 0;
+    c->chans.npairs = 0;
 }
 
 uint64_t sshp_channels_bytes(const sshp_conn *c, bool in)
 {
     uint64_t n = 0;
-    for (const sshp_pair *p = c->pairs; p != NULL; p = p->next)
+    for (const sshp_pair *p = c->chans.pairs; p != NULL; p = p->next)
         n += in ? p->bytes_in : p->bytes_out;
     return n;
 }

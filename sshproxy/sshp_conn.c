@@ -65,7 +65,8 @@ static size_t release_idle(dp_session *core, uint64_t now)
         now - c->last_activity_ms < IDLE_RELEASE_MS)
         return 0;
     c->buffers_released_at = c->last_activity_ms;
-    released = ssh_session_release_buffers(c->cs) + ssh_session_release_buffers(c->bs);
+    released = ssh_session_release_buffers(c->client.session) +
+               ssh_session_release_buffers(c->backend.session);
 #else
     (void)core;
     (void)now;
@@ -76,26 +77,26 @@ static size_t release_idle(dp_session *core, uint64_t now)
 static void conn_free(dp_session *core)
 {
     sshp_conn *c = (sshp_conn *)core;
-    ssh_key_free(c->route_key); /* loaded after teardown, or never freed by it */
+    ssh_key_free(c->auth.route_key); /* loaded after teardown, or never freed by it */
     free(c);
 }
 
 static void handle_closed(uv_handle_t *h)
 {
     sshp_conn *c = h->data;
-    if (h == (uv_handle_t *)&c->cpoll && c->cpoll_fd >= 0) {
+    if (h == (uv_handle_t *)&c->client.poll && c->client.poll_fd >= 0) {
         /* after our DISCONNECT, the client's further input must not turn our close into an
          * RST that drops the DISCONNECT unread (dp_linger.h); our dup is the last fd */
-        if (c->linger)
-            dp_linger_close(dp_worker_loop(c->core.w), c->cpoll_fd,
+        if (c->client.linger)
+            dp_linger_close(dp_worker_loop(c->core.w), c->client.poll_fd,
                             dp_worker_stopping(c->core.w) ? LINGER_STOPPING_MS : CLOSE_FLUSH_MS,
                             LINGER_MAX_BYTES);
         else
-            close(c->cpoll_fd);
-        c->cpoll_fd = -1;
-    } else if (h == (uv_handle_t *)&c->bpoll && c->bpoll_fd >= 0) {
-        close(c->bpoll_fd);
-        c->bpoll_fd = -1;
+            close(c->client.poll_fd);
+        c->client.poll_fd = -1;
+    } else if (h == (uv_handle_t *)&c->backend.poll && c->backend.poll_fd >= 0) {
+        close(c->backend.poll_fd);
+        c->backend.poll_fd = -1;
     }
     dp_session_unref(&c->core);
 }
@@ -131,14 +132,14 @@ static void on_next_turn(uv_idle_t *h)
 
 void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
 {
-    if (!c->chan_timer_open)
+    if (!c->chans.timer_open)
         return;
     if (ms == 0) {
-        uv_timer_stop(&c->chan_timer);
+        uv_timer_stop(&c->chans.timer);
         return;
     }
     uv_update_time(dp_worker_loop(c->core.w));
-    uv_timer_start(&c->chan_timer, on_chan_timer, ms, 0);
+    uv_timer_start(&c->chans.timer, on_chan_timer, ms, 0);
 }
 
 /* ---- polls ---- */
@@ -146,8 +147,8 @@ void sshp_conn_arm_chan_timer(sshp_conn *c, uint64_t ms)
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sshp_conn *c = p->data;
-    if (p == &c->cpoll && (status < 0 || (events & UV_WRITABLE)))
-        c->client_writable = true;
+    if (p == &c->client.poll && (status < 0 || (events & UV_WRITABLE)))
+        c->client.writable = true;
     sshp_conn_pump(c);
 }
 
@@ -157,7 +158,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
  * of flushing (a bounded number of times). */
 static bool client_readable(const sshp_conn *c)
 {
-    return c->state != SSHP_CONN_CLOSING && !c->client_backlog && c->held_bytes < SSHP_HELD_MAX;
+    return c->state != SSHP_CONN_CLOSING && !c->client.backlog && c->held_bytes < SSHP_HELD_MAX;
 }
 
 static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
@@ -168,7 +169,7 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         uv_poll_stop(p);
         return;
     }
-    if (s == c->cs && c->state != SSHP_CONN_CLOSING && !client_readable(c)) {
+    if (s == c->client.session && c->state != SSHP_CONN_CLOSING && !client_readable(c)) {
         /* Not even writable: libssh keeps POLLOUT in its flags after input came in the same
          * poll, so a writable socket would fire on every loop turn with nothing to do. The
          * backlog is driven by next_turn; a drop of held_bytes comes with a backend event. */
@@ -176,7 +177,7 @@ static void arm_poll(sshp_conn *c, uv_poll_t *p, bool *open, ssh_session s)
         return;
     }
     /* a closing client is only written to (its reads come with the flushes, see pump_once) */
-    int ev = s == c->cs && c->state == SSHP_CONN_CLOSING ? UV_WRITABLE : UV_READABLE;
+    int ev = s == c->client.session && c->state == SSHP_CONN_CLOSING ? UV_WRITABLE : UV_READABLE;
     if (ssh_get_poll_flags(s) & SSH_WRITE_PENDING)
         ev |= UV_WRITABLE;
     uv_poll_start(p, ev, on_poll);
@@ -254,8 +255,8 @@ static void dispatch_client(sshp_conn *c, ssh_message m)
 
 static bool live_backend_channel(sshp_conn *c, ssh_channel ch)
 {
-    for (sshp_pair *p = c->pairs; p != NULL; p = p->next)
-        if (p->bch == ch && p->state != SSHP_PAIR_DONE)
+    for (sshp_pair *p = c->chans.pairs; p != NULL; p = p->next)
+        if (p->b.ch == ch && p->state != SSHP_PAIR_DONE)
             return true;
     return false;
 }
@@ -282,32 +283,33 @@ static void dispatch_backend(sshp_conn *c, ssh_message m)
 
 static void pump_once(sshp_conn *c)
 {
-    if (c->cs != NULL && !session_dead(c->cs)) {
+    if (c->client.session != NULL && !session_dead(c->client.session)) {
         if (client_readable(c)) {
-            dopoll(c, c->cev, c->cs);
-        } else if (c->state == SSHP_CONN_CLOSING && c->client_writable &&
-                   c->closing_reads < SSHP_CLOSING_READS) {
+            dopoll(c, c->client.event, c->client.session);
+        } else if (c->state == SSHP_CONN_CLOSING && c->client.writable &&
+                   c->client.closing_reads < SSHP_CLOSING_READS) {
             /* the socket takes more of our output: flush it (this reads at most
              * SSHP_LIBSSH_READ_MAX too, which nothing will look at). Once a writable poll
              * found nothing left to write, libssh knows the socket is writable
              * (write_wontblock) and ssh_disconnect will write the DISCONNECT at once. */
-            c->client_writable = false;
-            c->closing_reads++;
-            bool was_empty = !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
-            ssh_event_dopoll(c->cev, 0);
-            c->closing_writable = was_empty && !(ssh_get_status(c->cs) & SSH_WRITE_PENDING);
+            c->client.writable = false;
+            c->client.closing_reads++;
+            bool was_empty = !(ssh_get_status(c->client.session) & SSH_WRITE_PENDING);
+            ssh_event_dopoll(c->client.event, 0);
+            c->client.closing_writable =
+                was_empty && !(ssh_get_status(c->client.session) & SSH_WRITE_PENDING);
         }
     }
-    if (c->bs != NULL && c->bev != NULL && !session_dead(c->bs))
-        dopoll(c, c->bev, c->bs);
+    if (c->backend.session != NULL && c->backend.event != NULL && !session_dead(c->backend.session))
+        dopoll(c, c->backend.event, c->backend.session);
 
     if (c->state == SSHP_CONN_KEX) {
-        int rc = ssh_handle_key_exchange(c->cs);
+        int rc = ssh_handle_key_exchange(c->client.session);
         if (rc == SSH_OK) {
             c->state = SSHP_CONN_AUTH;
         } else if (rc == SSH_ERROR) {
             snprintf(c->core.reason, sizeof c->core.reason, "key exchange failed: %s",
-                     ssh_get_error(c->cs));
+                     ssh_get_error(c->client.session));
             /* Logged although no user is known yet (OpenSSH logs "Unable to negotiate" too):
              * a customer whose old client offers nothing the defaults keep is found here. */
             char reason[300];
@@ -317,9 +319,9 @@ static void pump_once(sshp_conn *c)
             return;
         }
     }
-    if (c->be == SSHP_BE_WANTED)
+    if (c->backend.state == SSHP_BE_WANTED)
         sshp_backend_start(c);
-    if (c->be == SSHP_BE_HANDSHAKE)
+    if (c->backend.state == SSHP_BE_HANDSHAKE)
         sshp_backend_step(c);
     if (c->state == SSHP_CONN_DEAD)
         return;
@@ -327,27 +329,28 @@ static void pump_once(sshp_conn *c)
     if (c->state == SSHP_CONN_AUTH || c->state == SSHP_CONN_OPEN) {
         ssh_message m;
         int n = 0;
-        uint64_t read_before = c->client_counter.in_bytes;
+        uint64_t read_before = c->client.counter.in_bytes;
         /* ssh_message_get reads when libssh's queue is empty: not over the bound, and not more
          * than MESSAGE_READ_BYTES per turn */
-        c->client_backlog = false;
+        c->client.backlog = false;
         while (c->state != SSHP_CONN_DEAD && c->state != SSHP_CONN_CLOSING &&
-               !session_dead(c->cs) && c->held_bytes < SSHP_HELD_MAX && n < MESSAGE_BUDGET &&
-               (m = ssh_message_get(c->cs)) != NULL) {
+               !session_dead(c->client.session) && c->held_bytes < SSHP_HELD_MAX &&
+               n < MESSAGE_BUDGET && (m = ssh_message_get(c->client.session)) != NULL) {
             dispatch_client(c, m);
             if (++n == MESSAGE_BUDGET ||
-                c->client_counter.in_bytes - read_before >= MESSAGE_READ_BYTES) {
-                c->client_backlog = true;
+                c->client.counter.in_bytes - read_before >= MESSAGE_READ_BYTES) {
+                c->client.backlog = true;
                 c->pump_again = true;
                 break;
             }
         }
     }
-    if (c->bs != NULL && c->be >= SSHP_BE_READY && c->be != SSHP_BE_FAILED &&
-        c->state != SSHP_CONN_DEAD) {
+    if (c->backend.session != NULL && c->backend.state >= SSHP_BE_READY &&
+        c->backend.state != SSHP_BE_FAILED && c->state != SSHP_CONN_DEAD) {
         ssh_message m;
         int n = 0;
-        while (!session_dead(c->bs) && n < MESSAGE_BUDGET && (m = ssh_message_get(c->bs)) != NULL) {
+        while (!session_dead(c->backend.session) && n < MESSAGE_BUDGET &&
+               (m = ssh_message_get(c->backend.session)) != NULL) {
             dispatch_backend(c, m);
             if (++n == MESSAGE_BUDGET)
                 c->pump_again = true;
@@ -374,11 +377,11 @@ static void pump_once(sshp_conn *c)
          * and the socket was last seen writable; otherwise the packet stays in a buffer that
          * ssh_disconnect then frees (libssh 0.10 socket.c, write_wontblock). The poll flags
          * alone cannot tell: POLLOUT stays in them when input came in the same poll. */
-        bool dead = session_dead(c->cs);
-        bool ready =
-            dead || (!(ssh_get_status(c->cs) & SSH_WRITE_PENDING) &&
-                     (!(ssh_get_poll_flags(c->cs) & SSH_WRITE_PENDING) || c->closing_writable));
-        if (!ready && c->closing_reads >= SSHP_CLOSING_READS) {
+        bool dead = session_dead(c->client.session);
+        bool ready = dead || (!(ssh_get_status(c->client.session) & SSH_WRITE_PENDING) &&
+                              (!(ssh_get_poll_flags(c->client.session) & SSH_WRITE_PENDING) ||
+                               c->client.closing_writable));
+        if (!ready && c->client.closing_reads >= SSHP_CLOSING_READS) {
             end_unflushed(c);
             return;
         }
@@ -386,22 +389,23 @@ static void pump_once(sshp_conn *c)
             if (!dead) {
                 /* Out of the event first: ssh_disconnect may leave the socket's poll handle
                  * orphaned in an event that still holds the session. */
-                ssh_event_remove_session(c->cev, c->cs);
-                ssh_disconnect(c->cs); /* writes the message now that the output is idle */
-                c->linger = true;
+                ssh_event_remove_session(c->client.event, c->client.session);
+                ssh_disconnect(
+                    c->client.session); /* writes the message now that the output is idle */
+                c->client.linger = true;
             }
             conn_end(c);
         }
         return;
     }
-    if (session_dead(c->cs)) {
+    if (session_dead(c->client.session)) {
         if (c->core.reason[0] == '\0')
             snprintf(c->core.reason, sizeof c->core.reason, "%s",
                      c->state == SSHP_CONN_OPEN ? "client closed" : "client left before login");
         conn_end(c);
         return;
     }
-    if (c->state == SSHP_CONN_OPEN && session_dead(c->bs)) {
+    if (c->state == SSHP_CONN_OPEN && session_dead(c->backend.session)) {
         dp_session_end_as(&c->core, DP_SESS_ERROR);
         sshp_conn_fail(c, "backend closed the connection", "backend closed the connection");
         return;
@@ -429,9 +433,9 @@ void sshp_conn_pump(sshp_conn *c)
      * is left may already sit in libssh's buffers, where no poll event will announce it. */
     if (c->pump_again && c->next_turn_open)
         uv_idle_start(&c->next_turn, on_next_turn);
-    arm_poll(c, &c->cpoll, &c->cpoll_open, c->cs);
-    if (c->be >= SSHP_BE_HANDSHAKE)
-        arm_poll(c, &c->bpoll, &c->bpoll_open, c->bs);
+    arm_poll(c, &c->client.poll, &c->client.poll_open, c->client.session);
+    if (c->backend.state >= SSHP_BE_HANDSHAKE)
+        arm_poll(c, &c->backend.poll, &c->backend.poll_open, c->backend.session);
 }
 
 /* ---- deadlines ---- */
@@ -474,7 +478,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
         return;
     if (c->core.reason[0] == '\0')
         snprintf(c->core.reason, sizeof c->core.reason, "%s", reason);
-    if (client_msg == NULL || session_dead(c->cs)) {
+    if (client_msg == NULL || session_dead(c->client.session)) {
         conn_end(c);
         return;
     }
@@ -487,8 +491,8 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
     sshp_channels_free_all(c);
     /* libssh drops the DISCONNECT unless the output side is idle when ssh_disconnect runs:
      * flush first (the pump calls ssh_disconnect when nothing is pending), bounded. */
-    ssh_session_set_disconnect_message(c->cs, client_msg);
-    c->client_writable = false; /* only a writable poll from now on counts (closing reads) */
+    ssh_session_set_disconnect_message(c->client.session, client_msg);
+    c->client.writable = false; /* only a writable poll from now on counts (closing reads) */
     c->state = SSHP_CONN_CLOSING;
     sshp_conn_arm_timer(c, CLOSE_FLUSH_MS);
     if (!c->in_pump)
@@ -532,9 +536,9 @@ static int end_fields(const dp_session *core, char *buf, size_t len)
 {
     const sshp_conn *c = (const sshp_conn *)core;
     uint64_t taken = 0;
-    if (c->cpoll_fd >= 0)
-        dp_sock_bytes_read(c->cpoll_fd, &taken);
-    return snprintf(buf, len, "auth=%s client_read=%llu", c->auth_method ? c->auth_method : "none",
+    if (c->client.poll_fd >= 0)
+        dp_sock_bytes_read(c->client.poll_fd, &taken);
+    return snprintf(buf, len, "auth=%s client_read=%llu", c->auth.method ? c->auth.method : "none",
                     (unsigned long long)taken);
 }
 
@@ -550,20 +554,20 @@ static void teardown(dp_session *core)
     sshp_auth_cleanup(c);
     sshp_channels_free_all(c);
     sshp_backend_cleanup(c);
-    if (c->cs != NULL) {
-        if (c->cev != NULL)
-            ssh_event_remove_session(c->cev, c->cs);
-        ssh_free(c->cs); /* closes the client fd */
-        c->cs = NULL;
+    if (c->client.session != NULL) {
+        if (c->client.event != NULL)
+            ssh_event_remove_session(c->client.event, c->client.session);
+        ssh_free(c->client.session); /* closes the client fd */
+        c->client.session = NULL;
     }
-    if (c->cev != NULL) {
-        ssh_event_free(c->cev);
-        c->cev = NULL;
+    if (c->client.event != NULL) {
+        ssh_event_free(c->client.event);
+        c->client.event = NULL;
     }
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->cpoll, &c->cpoll_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->client.poll, &c->client.poll_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
-    sshp_conn_close_handle(c, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->auth.fail_timer, &c->auth.fail_timer_open);
+    sshp_conn_close_handle(c, (uv_handle_t *)&c->chans.timer, &c->chans.timer_open);
     sshp_conn_close_handle(c, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
 }
 
@@ -611,45 +615,46 @@ void sshp_conn_accept(sshp_worker *sw, const dp_conn_info *ci)
     c->sw = sw;
     dp_session_start(&c->core, sw->w, &sshp_session_ops, ci);
     c->startup_slot = true;
-    c->cpoll_fd = c->bpoll_fd = c->bfd = -1;
+    c->client.poll_fd = c->backend.poll_fd = c->backend.fd = -1;
 
     uv_loop_t *loop = dp_worker_loop(sw->w);
     uv_timer_init(loop, &c->timer);
     dp_session_own_handle(&c->core, (uv_handle_t *)&c->timer, &c->timer_open);
-    uv_timer_init(loop, &c->fail_timer);
-    dp_session_own_handle(&c->core, (uv_handle_t *)&c->fail_timer, &c->fail_timer_open);
-    uv_timer_init(loop, &c->chan_timer);
-    dp_session_own_handle(&c->core, (uv_handle_t *)&c->chan_timer, &c->chan_timer_open);
+    uv_timer_init(loop, &c->auth.fail_timer);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->auth.fail_timer, &c->auth.fail_timer_open);
+    uv_timer_init(loop, &c->chans.timer);
+    dp_session_own_handle(&c->core, (uv_handle_t *)&c->chans.timer, &c->chans.timer_open);
     uv_idle_init(loop, &c->next_turn);
     dp_session_own_handle(&c->core, (uv_handle_t *)&c->next_turn, &c->next_turn_open);
 
-    c->cs = ssh_new();
-    if (c->cs == NULL) {
+    c->client.session = ssh_new();
+    if (c->client.session == NULL) {
         close(ci->fd);
         snprintf(c->core.reason, sizeof c->core.reason, "out of memory");
         conn_end(c);
         return;
     }
-    ssh_set_counters(c->cs, &c->client_counter, NULL);
-    if (ssh_bind_accept_fd(sw->bind, c->cs, ci->fd) != SSH_OK) {
+    ssh_set_counters(c->client.session, &c->client.counter, NULL);
+    if (ssh_bind_accept_fd(sw->bind, c->client.session, ci->fd) != SSH_OK) {
         dp_slog_error(c->core.prefix, "ssh_bind_accept_fd: %s", ssh_get_error(sw->bind));
-        if (ssh_get_fd(c->cs) != ci->fd)
+        if (ssh_get_fd(c->client.session) != ci->fd)
             close(ci->fd); /* not handed over: ours to close */
         snprintf(c->core.reason, sizeof c->core.reason, "accept failed");
         conn_end(c);
         return;
     }
-    ssh_options_set(c->cs, SSH_OPTIONS_COMPRESSION_C_S, "none");
-    ssh_options_set(c->cs, SSH_OPTIONS_COMPRESSION_S_C, "none");
-    ssh_set_blocking(c->cs, 0);
+    ssh_options_set(c->client.session, SSH_OPTIONS_COMPRESSION_C_S, "none");
+    ssh_options_set(c->client.session, SSH_OPTIONS_COMPRESSION_S_C, "none");
+    ssh_set_blocking(c->client.session, 0);
     /* The first call sends our banner and sets up the session's poll context, which
      * ssh_event_add_session needs. */
-    rc = ssh_handle_key_exchange(c->cs);
-    c->cev = ssh_event_new();
-    if (rc == SSH_ERROR || c->cev == NULL || ssh_event_add_session(c->cev, c->cs) != SSH_OK ||
-        sshp_poll_open(c, &c->cpoll, &c->cpoll_open, &c->cpoll_fd, ci->fd) != 0) {
+    rc = ssh_handle_key_exchange(c->client.session);
+    c->client.event = ssh_event_new();
+    if (rc == SSH_ERROR || c->client.event == NULL ||
+        ssh_event_add_session(c->client.event, c->client.session) != SSH_OK ||
+        sshp_poll_open(c, &c->client.poll, &c->client.poll_open, &c->client.poll_fd, ci->fd) != 0) {
         snprintf(c->core.reason, sizeof c->core.reason, "session setup failed: %s",
-                 ssh_get_error(c->cs));
+                 ssh_get_error(c->client.session));
         conn_end(c);
         return;
     }
