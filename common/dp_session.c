@@ -75,7 +75,7 @@ void dp_session_set_list(dp_session_set *set, const dp_session_filter *f, const 
             continue;
         dp_session_view v = {
             .id = s->sid,
-            .proto = s->ops->proto_name,
+            .proto = s->ops->proto == DPH_PROTO_SSH ? "ssh" : "ftp",
             .user = s->user,
             .client = s->client_text,
             .backend = s->route_known ? s->route.backend : NULL,
@@ -181,6 +181,21 @@ void dp_session_bytes(const dp_session *s, uint64_t *in, uint64_t *out)
         s->ops->live_bytes(s, &live_in, &live_out);
     *in = s->bytes_in + live_in;
     *out = s->bytes_out + live_out;
+}
+
+int dp_session_dial(dp_session *s, dp_dial **out, int timeout_ms, dp_dial_cb cb, void *arg)
+{
+    const dp_daemon_conf *dc = dp_daemon_worker_conf(s->w); /* every daemon's conf starts so */
+    uint16_t port = s->ops->proto == DPH_PROTO_SSH ? s->route.ssh_port : s->route.ftp_port;
+    dp_dial_opts o = {
+        .address = s->route.address,
+        .port = port != 0                        ? port
+                : s->ops->proto == DPH_PROTO_SSH ? 22
+                                                 : 21,
+        .timeout_ms = timeout_ms,
+        .keepalive_s = dc->tcp_keepalive_s,
+    };
+    return dp_dial_start(out, dp_worker_loop(s->w), &o, cb, arg);
 }
 
 void dp_session_log(const dp_session *s, const char *event, const char *fmt, ...)

@@ -31,13 +31,13 @@
 #include <uv.h>
 
 #include "dp_daemon.h"
+#include "dp_dial.h"
 
 typedef struct dp_session dp_session;
 
 /* What the core needs from the protocol; members marked optional may be NULL. */
 typedef struct dp_session_ops {
-    dph_proto proto;        /* for the hook's notifications */
-    const char *proto_name; /* "ssh", "ftp": the proto column of `sessions` */
+    dph_proto proto; /* the hook's notifications, the proto column of `sessions`, the port */
     /* A session_end line for every connection (FTP), or only for those that named a user
      * (SSH: a connection that fails its key exchange has its own kex_fail line). */
     bool log_every_end;
@@ -139,6 +139,10 @@ dp_sess_result dp_session_result(const dp_session *s);
 
 /* Bytes so far, including parts still running. */
 void dp_session_bytes(const dp_session *s, uint64_t *in, uint64_t *out);
+
+/* Dial the route's backend (core.route: address, and the protocol's port, 22 / 21 when the
+ * route has none) with the worker's keepalive setting; dp_dial_start's contract. */
+int dp_session_dial(dp_session *s, dp_dial **out, int timeout_ms, dp_dial_cb cb, void *arg);
 
 /* One info line `event=<event> sid= user= client= backend= <fields>` (fields may be NULL). */
 void dp_session_log(const dp_session *s, const char *event, const char *fmt, ...)

@@ -144,15 +144,9 @@ static void dialed(void *arg, const dp_dial_result *r)
 /* The route is known: dial the backend (the connect deadline covers a name's resolution). */
 static void route_ready(ftpp_sess *s)
 {
-    const ftpp_conf *cf = ftpp_conf_of(s->core.w);
-    dp_dial_opts o = {
-        .address = s->core.route.address,
-        .port = s->core.route.ftp_port ? s->core.route.ftp_port : 21,
-        .timeout_ms = cf->connect_timeout_ms,
-        .keepalive_s = cf->common.tcp_keepalive_s,
-    };
     s->state = FTPP_ST_CONNECTING;
-    int rc = dp_dial_start(&s->dial, dp_worker_loop(s->core.w), &o, dialed, s);
+    int rc =
+        dp_session_dial(&s->core, &s->dial, ftpp_conf_of(s->core.w)->connect_timeout_ms, dialed, s);
     if (rc != 0) {
         char reason[200];
         snprintf(reason, sizeof reason, "backend connect: %s", uv_strerror(rc));

@@ -298,7 +298,6 @@ static void live_bytes(const dp_session *core, uint64_t *in, uint64_t *out)
 
 static const dp_session_ops ftpp_session_ops = {
     .proto = DPH_PROTO_FTP,
-    .proto_name = "ftp",
     .log_every_end = true,
     .shutdown_message = "Service shutting down.",
     .state = state_name,

@@ -231,15 +231,9 @@ static void dialed(void *arg, const dp_dial_result *r)
 
 void sshp_backend_start(sshp_conn *c)
 {
-    const sshp_conf *cf = sshp_conf_of(c->core.w);
-    dp_dial_opts o = {
-        .address = c->core.route.address,
-        .port = c->core.route.ssh_port ? c->core.route.ssh_port : 22,
-        .timeout_ms = cf->connect_timeout_ms,
-        .keepalive_s = cf->common.tcp_keepalive_s,
-    };
     c->backend.state = SSHP_BE_DIALING;
-    int rc = dp_dial_start(&c->backend.dial, dp_worker_loop(c->core.w), &o, dialed, c);
+    int rc = dp_session_dial(&c->core, &c->backend.dial,
+                             sshp_conf_of(c->core.w)->connect_timeout_ms, dialed, c);
     if (rc != 0)
         be_failed(c, "connect: %s", uv_strerror(rc));
 }

@@ -578,7 +578,6 @@ static void conn_end(sshp_conn *c)
 
 static const dp_session_ops sshp_session_ops = {
     .proto = DPH_PROTO_SSH,
-    .proto_name = "ssh",
     .log_every_end = false, /* a failed key exchange has its kex_fail line */
     .shutdown_message = "proxy shutting down",
     .state = state_name,
