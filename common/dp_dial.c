@@ -27,6 +27,7 @@ struct dp_dial {
     uv_poll_t poll; /* on fd, while the connect is in progress */
     bool gai_pending, timer_open, poll_open;
     bool done; /* the callback ran, or the dial was cancelled: nothing more happens */
+    bool deadline_passed;
     int fd;
     struct sockaddr_storage peer;
     uint64_t connect_ns;
@@ -77,7 +78,11 @@ static void finish(dp_dial *d, int status, const char *fmt, ...)
         vsnprintf(error, sizeof error, fmt, ap);
         va_end(ap);
     }
-    dp_dial_result r = {.status = status, .fd = -1, .peer = d->peer, .connect_ns = d->connect_ns};
+    dp_dial_result r = {.status = status,
+                        .deadline = d->deadline_passed,
+                        .fd = -1,
+                        .peer = d->peer,
+                        .connect_ns = d->connect_ns};
     release(d);
     if (status == 0) {
         r.fd = d->fd;
@@ -178,8 +183,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 static void on_deadline(uv_timer_t *t)
 {
     dp_dial *d = t->data;
-    if (!d->done)
-        finish(d, -ETIMEDOUT, "connect timed out after %d ms", d->timeout_ms);
+    if (d->done)
+        return;
+    d->deadline_passed = true;
+    finish(d, -ETIMEDOUT, "connect timed out after %d ms", d->timeout_ms);
 }
 
 /* A numeric address goes straight to connect; anything else is a name. */

@@ -11,6 +11,7 @@
 #ifndef DP_DIAL_H
 #define DP_DIAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -25,9 +26,9 @@ typedef struct dp_dial_opts {
 } dp_dial_opts;
 
 typedef struct dp_dial_result {
-    int status; /* 0, or a negative errno (-ETIMEDOUT at the deadline, -EAI_* as libuv maps
-                 * resolver errors) */
-    int fd;     /* connected, non-blocking, close-on-exec: the callee's from now on; -1 on error */
+    int status;    /* 0, or a negative errno (libuv's codes for resolver errors) */
+    bool deadline; /* the dial's own deadline passed (status -ETIMEDOUT) */
+    int fd; /* connected, non-blocking, close-on-exec: the callee's from now on; -1 on error */
     struct sockaddr_storage peer; /* the address connected to (or tried) */
     uint64_t connect_ns;          /* uv_hrtime() at connect(2), after any name resolution */
     const char *error;            /* on failure: "connect 192.0.2.7:22: Connection refused",

@@ -964,9 +964,13 @@ void ftpp_data_cleanup(ftpp_sess *s)
         ftpp_xfer *x = s->xfer;
         xfer_close_legs(x);
         xfer_log(s, x, 0);
-        /* the session ends under it: aborted, and what it moved counts */
+        /* the session ends under it: aborted, and what it moved counts with the session's
+         * bytes (dp_session_end counted it already when the end came first: live_bytes) */
         dp_metrics_ftp_transfer(xfer_metric_dir(x), DP_XFER_ABORTED);
-        dp_metrics_bytes(x->dir == FTPP_XD_UP ? x->bytes : 0, x->dir == FTPP_XD_UP ? 0 : x->bytes);
+        if (x->dir == FTPP_XD_UP)
+            s->core.bytes_in += x->bytes;
+        else
+            s->core.bytes_out += x->bytes;
         s->xfer = NULL;
         free(x->held);
         free(x->line);

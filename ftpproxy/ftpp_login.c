@@ -123,7 +123,7 @@ static void dialed(void *arg, const dp_dial_result *r)
     ftpp_sess *s = arg;
     s->dial = NULL;
     s->connect_ns = r->connect_ns; /* dynproxy_backend_connect_seconds: to the 220 greeting */
-    if (r->status == -ETIMEDOUT) {
+    if (r->deadline) {
         fail_421(s, "Service not available: the server did not answer in time.",
                  "backend connect timeout");
         return;

@@ -285,11 +285,12 @@ static const char *state_name(const dp_session *core)
     return s->xfer != NULL && s->state == FTPP_ST_LOGGED_IN ? "transfer" : state_names[s->state];
 }
 
-/* A running transfer's bytes are added to the session's when it ends. */
+/* A transfer's bytes join the session's when it is over (xfer_finish, ftpp_data_cleanup);
+ * until then they are its relay's, or, once the relay is done, its own. */
 static void live_bytes(const dp_session *core, uint64_t *in, uint64_t *out)
 {
     const ftpp_xfer *x = ((const ftpp_sess *)core)->xfer;
-    uint64_t moving = x != NULL && x->pump != NULL ? x->pump->bytes : 0;
+    uint64_t moving = x == NULL ? 0 : x->pump != NULL ? x->pump->bytes : x->bytes;
     if (x != NULL && x->dir == FTPP_XD_UP)
         *in = moving;
     else

@@ -160,18 +160,19 @@ static int check_host_key(sshp_conn *c)
             if (known_host(c, key) == 0) {
                 rc = 0;
             } else {
+                /* the prefix names the backend */
                 dp_log_event(DP_LOG_ERROR, c->core.prefix, "hostkey_unknown",
-                             "backend=%s fingerprint=%s msg=\"route has no host key pin and "
+                             "fingerprint=%s msg=\"route has no host key pin and "
                              "ssh.known_hosts does not list this key; refused\"",
-                             c->core.route.backend, fp);
+                             fp);
                 snprintf(c->core.reason, sizeof c->core.reason,
                          "backend host key not pinned or known");
             }
         } else if (strcmp(fp, c->core.route.hostkey_sha256) != 0) {
             dp_log_event(DP_LOG_ERROR, c->core.prefix, "hostkey_mismatch",
-                         "backend=%s expected=%s got=%s msg=\"host key mismatch: possible "
+                         "expected=%s got=%s msg=\"host key mismatch: possible "
                          "man-in-the-middle or a reinstalled backend; login refused\"",
-                         c->core.route.backend, c->core.route.hostkey_sha256, fp);
+                         c->core.route.hostkey_sha256, fp);
             snprintf(c->core.reason, sizeof c->core.reason, "backend host key mismatch");
         } else {
             rc = 0;

@@ -319,7 +319,7 @@ static void pump_once(sshp_conn *c)
             return;
         }
     }
-    if (c->backend.state == SSHP_BE_WANTED)
+    if (c->backend.state == SSHP_BE_WANTED && c->state == SSHP_CONN_AUTH)
         sshp_backend_start(c);
     if (c->backend.state == SSHP_BE_HANDSHAKE)
         sshp_backend_step(c);
