@@ -17,11 +17,13 @@
 
 /* ---- the worker's set and its memory policy ---- */
 
-/* Memory was freed: trim now if the last trim is a second old, else at a later pass. */
+/* Memory was freed: trim now if the last trim is a second old or the worker has no session
+ * left (after a burst, at night: RSS goes back to the idle figure at once), else at the next
+ * pass. */
 static void trim_soon(dp_session_set *set, uint64_t now)
 {
     set->trim_due = true;
-    if (now - set->last_trim_ms < HOUSEKEEPING_MS)
+    if (now - set->last_trim_ms < HOUSEKEEPING_MS && set->n > 0)
         return;
     set->trim_due = false;
     set->last_trim_ms = now;
@@ -284,7 +286,7 @@ void dp_session_unref(dp_session *s)
         s->next->prev = s->prev;
     set->n--;
     s->ops->free(s);
-    trim_soon(set, dp_now_ms()); /* a closing burst's pages go back at the next pass */
+    trim_soon(set, dp_now_ms());
 }
 
 void dp_session_own_handle(dp_session *s, uv_handle_t *h, bool *open)

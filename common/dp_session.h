@@ -97,7 +97,8 @@ struct dp_session {
  * - sessions quiet for a second give their idle buffers back (ops->release_idle);
  * - glibc keeps freed heap pages: after sessions ended or buffers came back, RSS would stay at
  *   its high-water mark and creep up with churn, so malloc_trim gives free pages back, at
- *   most once a second (it walks every arena under its lock). */
+ *   most once a second (it walks every arena under its lock), and at once when the worker's
+ *   last session has gone. */
 typedef struct dp_session_set {
     dp_session *head;
     unsigned n;
