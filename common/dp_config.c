@@ -204,6 +204,13 @@ static int store_text(void *base, const dp_conf_entry *ent, const char *text, ch
             snprintf(why, whylen, "longer than %lld characters", ent->max);
             return -1;
         }
+        if ((long long)strlen(text) < ent->min) {
+            if (ent->min == 1)
+                snprintf(why, whylen, "must not be empty");
+            else
+                snprintf(why, whylen, "shorter than %lld characters", ent->min);
+            return -1;
+        }
         char *dup = strdup(text);
         if (dup == NULL) {
             snprintf(why, whylen, "out of memory");

@@ -13,6 +13,7 @@
 typedef struct test_conf {
     dp_daemon_conf common;
     char *banner;
+    char *motd;
     int max_sessions;
     bool fast;
     dp_strlist names;
@@ -32,6 +33,7 @@ static int check_banner(const void *value, char *err, size_t errlen)
 static const dp_conf_entry own_entries[] = {
     DP_CONF_STRING_KEY("test.banner", OFF(banner), "hello", 0, 40, DP_CONF_RELOADABLE, "greeting",
                        .check = check_banner),
+    DP_CONF_STRING_KEY("test.motd", OFF(motd), "hi", 1, 40, DP_CONF_RELOADABLE, "never empty"),
     DP_CONF_INT_KEY("test.max_sessions", OFF(max_sessions), "100", 1, 1000, 0, "cap"),
     DP_CONF_BOOL_KEY("test.fast", OFF(fast), "false", DP_CONF_RELOADABLE, "x"),
     DP_CONF_LIST_KEY("test.names", OFF(names), 3, DP_CONF_RELOADABLE, "y", .def = "a,b"),
@@ -204,6 +206,24 @@ START_TEST(string_too_long_and_list_too_long)
 }
 END_TEST
 
+/* A string's minimum length is the table's too: an empty ftp.greeting is refused, not sent. */
+START_TEST(string_too_short)
+{
+    ck_assert_int_eq(load_text("short.conf",
+                               "listen = [\"127.0.0.1:1\"];\n"
+                               "test = { motd = \"\"; };\n",
+                               NULL),
+                     -EINVAL);
+    assert_err("short.conf", 2, "test.motd", "empty");
+    dp_conf_free(tables, &conf);
+    ck_assert_int_eq(load_text("ok.conf", "listen = [\"127.0.0.1:1\"];\ntest = { motd = \"x\"; };\n",
+                               NULL),
+                     0);
+    ck_assert_str_eq(conf.motd, "x");
+    dp_conf_free(tables, &conf);
+}
+END_TEST
+
 START_TEST(missing_required)
 {
     ck_assert_int_eq(load_text("req.conf", "workers = 1;\n", NULL), -EINVAL);
@@ -312,6 +332,7 @@ int main(void)
     tcase_add_test(tc, out_of_range);
     tcase_add_test(tc, bad_enum_and_validator);
     tcase_add_test(tc, string_too_long_and_list_too_long);
+    tcase_add_test(tc, string_too_short);
     tcase_add_test(tc, missing_required);
     tcase_add_test(tc, hook_params_must_be_scalars);
     tcase_add_test(tc, syntax_error);
