@@ -216,9 +216,8 @@ START_TEST(string_too_short)
                      -EINVAL);
     assert_err("short.conf", 2, "test.motd", "empty");
     dp_conf_free(tables, &conf);
-    ck_assert_int_eq(load_text("ok.conf", "listen = [\"127.0.0.1:1\"];\ntest = { motd = \"x\"; };\n",
-                               NULL),
-                     0);
+    ck_assert_int_eq(
+        load_text("ok.conf", "listen = [\"127.0.0.1:1\"];\ntest = { motd = \"x\"; };\n", NULL), 0);
     ck_assert_str_eq(conf.motd, "x");
     dp_conf_free(tables, &conf);
 }
