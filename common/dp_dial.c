@@ -61,6 +61,8 @@ static void poll_closed(uv_handle_t *h)
 static void release(dp_dial *d)
 {
     d->done = true;
+    if (d->gai_pending) /* still queued: the threadpool slot is not taken; running: it ends */
+        uv_cancel((uv_req_t *)&d->gai);
     if (d->poll_open && !uv_is_closing((uv_handle_t *)&d->poll))
         uv_close((uv_handle_t *)&d->poll, poll_closed);
     if (d->timer_open && !uv_is_closing((uv_handle_t *)&d->timer))
@@ -256,9 +258,7 @@ void dp_dial_cancel(dp_dial *d)
 {
     if (d == NULL || d->done)
         return;
-    if (d->gai_pending)
-        uv_cancel((uv_req_t *)&d->gai); /* its callback still runs (UV_ECANCELED) and frees */
-    release(d);
+    release(d); /* a name lookup's callback still runs (UV_ECANCELED) and frees */
     if (d->fd >= 0) {
         close(d->fd);
         d->fd = -1;
