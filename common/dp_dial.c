@@ -120,15 +120,9 @@ static void on_writable(uv_poll_t *p, int status, int events)
     (void)events;
     if (d->done)
         return;
-    /* libuv reports POLLERR as UV_EBADF: the connect's own error is in SO_ERROR */
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-        err = errno;
-    if (err == 0 && status < 0)
-        err = -status;
-    if (err != 0)
-        fail_connect(d, err);
+    int rc = dp_sock_connect_result(d->fd, status);
+    if (rc != 0)
+        fail_connect(d, -rc);
     else
         connected(d);
 }

@@ -18,9 +18,6 @@
 
 /* ---- the worker's set and its memory policy ---- */
 
-/* Memory was freed: trim now if the last trim is a second old or the worker has no session
- * left (after a burst, at night: RSS goes back to the idle figure at once), else at the next
- * pass. */
 /* One malloc_trim at a time in the process. It walks every arena (all workers'), so a second
  * call at the same time has nothing to add; and glibc sets its allocator up in the first call
  * without a lock: under AddressSanitizer nothing else has used glibc's allocator by then, and
@@ -28,6 +25,9 @@
  * e2e.sshproxy 17, about one run in eight). */
 static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Memory was freed: trim now if the last trim is a second old or the worker has no session
+ * left (after a burst, at night: RSS goes back to the idle figure at once), else at the next
+ * pass. */
 static void trim_soon(dp_session_set *set, uint64_t now)
 {
     set->trim_due = true;
@@ -196,15 +196,19 @@ void dp_session_bytes(const dp_session *s, uint64_t *in, uint64_t *out)
     *out = s->bytes_out + live_out;
 }
 
+uint16_t dp_session_backend_port(const dp_session *s)
+{
+    if (s->ops->proto == DPH_PROTO_SSH)
+        return s->route.ssh_port != 0 ? s->route.ssh_port : 22;
+    return s->route.ftp_port != 0 ? s->route.ftp_port : 21;
+}
+
 int dp_session_dial(dp_session *s, dp_dial **out, int timeout_ms, dp_dial_cb cb, void *arg)
 {
     const dp_daemon_conf *dc = dp_daemon_worker_conf(s->w); /* every daemon's conf starts so */
-    uint16_t port = s->ops->proto == DPH_PROTO_SSH ? s->route.ssh_port : s->route.ftp_port;
     dp_dial_opts o = {
         .address = s->route.address,
-        .port = port != 0                        ? port
-                : s->ops->proto == DPH_PROTO_SSH ? 22
-                                                 : 21,
+        .port = dp_session_backend_port(s),
         .timeout_ms = timeout_ms,
         .keepalive_s = dc->tcp_keepalive_s,
     };

@@ -141,8 +141,11 @@ dp_sess_result dp_session_result(const dp_session *s);
 /* Bytes so far, including parts still running. */
 void dp_session_bytes(const dp_session *s, uint64_t *in, uint64_t *out);
 
-/* Dial the route's backend (core.route: address, and the protocol's port, 22 / 21 when the
- * route has none) with the worker's keepalive setting; dp_dial_start's contract. */
+/* The backend port of the session's route for its protocol (22 / 21 when the route has none). */
+uint16_t dp_session_backend_port(const dp_session *s);
+
+/* Dial the route's backend (core.route.address, dp_session_backend_port) with the worker's
+ * keepalive setting; dp_dial_start's contract. */
 int dp_session_dial(dp_session *s, dp_dial **out, int timeout_ms, dp_dial_cb cb, void *arg);
 
 /* One info line `event=<event> sid= user= client= backend= <fields>` (fields may be NULL). */

@@ -41,6 +41,17 @@ const char *dp_sockaddr_ip(const struct sockaddr *sa, char *buf, size_t len)
     return buf;
 }
 
+int dp_sock_connect_result(int fd, int poll_status)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return -errno;
+    if (err != 0)
+        return -err;
+    return poll_status < 0 ? poll_status : 0;
+}
+
 uint16_t dp_sockaddr_port(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)

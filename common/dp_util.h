@@ -26,6 +26,11 @@ uint16_t dp_sockaddr_port(const struct sockaddr *sa);
  * so that nothing on a loop thread can block on a resolver. Returns 0 or -EINVAL. */
 int dp_parse_hostport(const char *text, struct sockaddr_storage *out, socklen_t *outlen);
 
+/* The outcome of a non-blocking connect whose socket polled writable, or whose poll failed
+ * with `poll_status` (< 0): 0 or a negative errno. The socket's own error comes first: libuv
+ * reports POLLERR as UV_EBADF, which would hide "Connection refused". */
+int dp_sock_connect_result(int fd, int poll_status);
+
 /* Monotonic milliseconds. */
 uint64_t dp_now_ms(void);
 

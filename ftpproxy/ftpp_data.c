@@ -139,16 +139,8 @@ static void sock_event(uv_poll_t *h, int status, int events)
         }
         return;
     }
-    /* connecting: writable means done, one way or the other (libuv reports POLLERR as
-     * UV_EBADF: the connect's own error is in SO_ERROR) */
-    int err = 0;
-    socklen_t el = sizeof err;
-    if (getsockopt(kp->k.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
-        err = -errno;
-    else
-        err = -err;
-    if (err == 0 && status < 0)
-        err = status;
+    /* connecting: writable means done, one way or the other */
+    int err = dp_sock_connect_result(kp->k.fd, status);
     uv_poll_stop(h);
     int fd = kp->k.fd;
     if (err == 0)

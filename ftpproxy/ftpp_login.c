@@ -18,16 +18,23 @@
 #include "dp_util.h"
 #include "ftpp.h"
 
+/* The backend failed the login: the log says why (the prefix names the user and, once
+ * routed, the backend), the client gets `line` (a full reply, or NULL). Also the handler of
+ * the backend connection's failures during the login (ftpp_backend_open). */
+static void backend_failed(ftpp_sess *s, const char *line, const char *reason)
+{
+    char q[200];
+    dp_log_event(DP_LOG_WARN, s->core.prefix, "backend_fail", "reason=%s",
+                 dp_logq(q, sizeof q, reason));
+    ftpp_sess_close(s, line, reason);
+}
+
 static void fail_421(ftpp_sess *s, const char *client_text, const char *why)
 {
     dp_session_end_as(&s->core, DP_SESS_UNAVAILABLE);
-    char reason[200];
-    /* the prefix names the user and, once routed, the backend */
-    dp_log_event(DP_LOG_WARN, s->core.prefix, "backend_fail", "reason=%s",
-                 dp_logq(reason, sizeof reason, why));
     char line[400];
     snprintf(line, sizeof line, "421 %s\r\n", client_text);
-    ftpp_sess_close(s, line, why);
+    backend_failed(s, line, why);
 }
 
 /* Forget the previous attempt's route and backend connection (a new USER). */
@@ -106,16 +113,6 @@ static void login_next(ftpp_sess *s)
                           s->core.route.backend_user[0] ? s->core.route.backend_user
                                                         : s->core.user);
     }
-}
-
-/* dp_dial's connection failed during the login (it is the session's own after it). */
-static void backend_failed(ftpp_sess *s, const char *line, const char *reason)
-{
-    char q[200];
-    /* the prefix names the user and the backend */
-    dp_log_event(DP_LOG_WARN, s->core.prefix, "backend_fail", "reason=%s",
-                 dp_logq(q, sizeof q, reason));
-    ftpp_sess_close(s, line, reason);
 }
 
 static void dialed(void *arg, const dp_dial_result *r)

@@ -49,8 +49,8 @@ static void client_write_done(uv_write_t *req, int status)
     wreq *wr = (wreq *)req;
     ftpp_sess *s = wr->s;
     free(wr);
-    if (status < 0 && status != UV_ECANCELED && s->core.reason[0] == '\0')
-        snprintf(s->core.reason, sizeof s->core.reason, "client write: %s", uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED)
+        dp_session_set_reason(&s->core, "client write: %s", uv_strerror(status));
     if (s->state == FTPP_ST_CLOSING) {
         if (s->client_open && uv_stream_get_write_queue_size((uv_stream_t *)&s->client) == 0)
             sess_end(s);
@@ -86,8 +86,7 @@ static void write_client(ftpp_sess *s, const char *a, size_t alen, const char *b
     int rc = uv_write(&wr->req, (uv_stream_t *)&s->client, &buf, 1, client_write_done);
     if (rc < 0) {
         free(wr);
-        if (s->core.reason[0] == '\0')
-            snprintf(s->core.reason, sizeof s->core.reason, "client write: %s", uv_strerror(rc));
+        dp_session_set_reason(&s->core, "client write: %s", uv_strerror(rc));
         sess_end(s);
         return;
     }
@@ -222,8 +221,7 @@ static void sess_end(ftpp_sess *s)
 
 static void close_flush_expired(ftpp_sess *s)
 {
-    if (s->core.reason[0] == '\0')
-        snprintf(s->core.reason, sizeof s->core.reason, "client did not read the last reply");
+    dp_session_set_reason(&s->core, "client did not read the last reply");
     sess_end(s);
 }
 
@@ -231,8 +229,8 @@ void ftpp_sess_close(ftpp_sess *s, const char *line, const char *reason)
 {
     if (s->core.ended || s->state == FTPP_ST_CLOSING)
         return;
-    if (reason != NULL && s->core.reason[0] == '\0')
-        snprintf(s->core.reason, sizeof s->core.reason, "%s", reason);
+    if (reason != NULL)
+        dp_session_set_reason(&s->core, "%s", reason);
     if (line != NULL)
         ftpp_sess_reply_raw(s, line, strlen(line));
     if (s->core.ended)
@@ -580,8 +578,7 @@ static void process_input(ftpp_sess *s)
     }
     s->in_process = false;
     if (s->client_eof && !s->core.ended && s->state != FTPP_ST_CLOSING && !s->busy) {
-        if (s->core.reason[0] == '\0')
-            snprintf(s->core.reason, sizeof s->core.reason, "client closed");
+        dp_session_set_reason(&s->core, "client closed");
         ftpp_sess_close(s, NULL, NULL);
         return;
     }
@@ -619,8 +616,7 @@ static void client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             if (!s->busy || ftpp_data_busy(s))
                 process_input(s);
             if (!s->core.ended && s->state != FTPP_ST_CLOSING) {
-                if (s->core.reason[0] == '\0')
-                    snprintf(s->core.reason, sizeof s->core.reason, "client closed");
+                dp_session_set_reason(&s->core, "client closed");
                 ftpp_sess_close(s, NULL, NULL);
             }
         } else {

@@ -61,7 +61,7 @@ static void start_handshake(sshp_conn *c)
 {
     const char *buser = c->core.route.backend_user[0] ? c->core.route.backend_user : c->core.user;
     bool no = false;
-    int port = c->core.route.ssh_port ? c->core.route.ssh_port : 22;
+    int port = dp_session_backend_port(&c->core);
     c->backend.session = ssh_new();
     if (c->backend.session == NULL) {
         close(c->backend.fd);
@@ -133,7 +133,7 @@ static int known_host(sshp_conn *c, ssh_key key)
 {
     sshp_worker *sw = c->sw;
     char name[DPH_ADDR_MAX + 16];
-    int port = c->core.route.ssh_port ? c->core.route.ssh_port : 22;
+    int port = dp_session_backend_port(&c->core);
     if (port == 22)
         snprintf(name, sizeof name, "%s", c->core.route.address);
     else

@@ -399,9 +399,9 @@ static void pump_once(sshp_conn *c)
         return;
     }
     if (session_dead(c->client.session)) {
-        if (c->core.reason[0] == '\0')
-            snprintf(c->core.reason, sizeof c->core.reason, "%s",
-                     c->state == SSHP_CONN_OPEN ? "client closed" : "client left before login");
+        dp_session_set_reason(&c->core, "%s",
+                              c->state == SSHP_CONN_OPEN ? "client closed"
+                                                         : "client left before login");
         conn_end(c);
         return;
     }
@@ -476,8 +476,7 @@ void sshp_conn_fail(sshp_conn *c, const char *reason, const char *client_msg)
 {
     if (c->state == SSHP_CONN_CLOSING || c->state == SSHP_CONN_DEAD)
         return;
-    if (c->core.reason[0] == '\0')
-        snprintf(c->core.reason, sizeof c->core.reason, "%s", reason);
+    dp_session_set_reason(&c->core, "%s", reason);
     if (client_msg == NULL || session_dead(c->client.session)) {
         conn_end(c);
         return;
